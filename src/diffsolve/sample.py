@@ -1,0 +1,253 @@
+"""The sampling loop: grid -> solver steps -> final denoise, with callbacks and guards.
+
+:func:`solve` integrates from a given state at the first grid node; :func:`sample` draws the
+initial noise itself (per-sample seeded, so results do not depend on batch composition),
+builds a named grid and calls :func:`solve`. Both return a :class:`SampleResult`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import GridError, NonFiniteError, SolverOptionError
+from .grids import Grid, make_grid
+from .models import Denoiser
+from .noise import NoiseSource, make_noise
+from .solvers import Solver, get_solver
+
+CheckFinite = Literal["auto", "step", "end", "off"]
+Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What a sampling run returns.
+
+    Attributes:
+        x: the final state (the denoised sample when the grid ends at sigma = 0).
+        nfe: model evaluations this run used.
+        grid: the grid that was integrated.
+        trajectory: states at every grid node (first to last) if requested, else None.
+    """
+
+    x: Tensor
+    nfe: int
+    grid: Grid
+    trajectory: list[Tensor] | None = None
+
+
+def resolve_grid(grid: str | Grid | Sequence[float] | Tensor, model: Denoiser,
+                 steps: int | None, **grid_options: Any) -> Grid:
+    """A :class:`Grid` from a name (with ``steps``), a Grid, or EDM sigmas (decreasing)."""
+    if isinstance(grid, Grid):
+        grid.check_range(model.schedule)
+        return grid
+    if isinstance(grid, str):
+        if steps is None:
+            raise GridError(f"grid {grid!r} needs `steps` (or `nfe`)")
+        return make_grid(grid, steps, model.schedule, **grid_options)
+    return Grid.from_sigmas(grid, model.schedule)
+
+
+def steps_for_nfe(solver: Solver, nfe: int, *, to_zero: bool = True) -> int:
+    """Grid steps (intervals) whose run costs at most ``nfe`` evaluations with ``solver``.
+
+    With ``to_zero`` the last interval is the 1-NFE denoising step.
+    """
+    per = solver.nfe_per_step
+    finite = (nfe - 1) // per if to_zero else nfe // per
+    if finite < 1:
+        need = per + (1 if to_zero else 0)
+        raise SolverOptionError(f"{solver.name} needs at least {need} NFE, got {nfe}")
+    return finite + (1 if to_zero else 0)
+
+
+def _first_nonfinite_step(flag: Tensor, x: Tensor, i: int) -> Tensor:
+    bad = ~torch.isfinite(x).all()
+    return torch.where((flag < 0) & bad, torch.full_like(flag, i), flag)
+
+
+def _raise_nonfinite(step: int, grid: Grid, what: str) -> None:
+    sig = float(grid.sigmas[step])
+    raise NonFiniteError(
+        f"{what} became non-finite (NaN or inf) at step {step} (sigma={sig:.6g}). Likely causes: "
+        "a model output that overflows (try model_dtype=torch.float32), too few steps for a "
+        "high-order solver, or a grid outside the model's trained range", step=step, sigma=sig)
+
+
+def solve(
+    model: Denoiser,
+    x: Tensor,
+    grid: Grid,
+    solver: str | Solver = "dpmpp_2m",
+    *,
+    noise: NoiseSource | int | str | None = None,
+    seed: int | None = None,
+    offset: int = 0,
+    callback: Callback | None = None,
+    progress: bool | None = None,
+    return_trajectory: bool = False,
+    denoise_final: bool | None = None,
+    check_finite: CheckFinite = "auto",
+    **solver_options: Any,
+) -> SampleResult:
+    """Integrate from state ``x`` at ``grid``'s first node to its last.
+
+    Args:
+        model: the :class:`Denoiser` (its NFE counter is advanced).
+        x: state at the first node, in the schedule's scaling (x = alpha x0 + sigma n).
+        grid: the grid; a final sigma = 0 makes the last interval the step x <- D(x).
+        solver: a registered name (see :func:`diffsolve.list_solvers`) or a Solver instance.
+        noise: noise for stochastic solvers: a NoiseSource, an int seed (per-sample streams),
+            "brownian" (a virtual Brownian path over the grid's lambda range, consistent
+            across step counts), "zero", a k-diffusion ``noise_sampler(sigma, sigma_next)``,
+            or None (per-sample streams).
+        seed, offset: per-sample seeds (seed, offset + b) for None / "brownian" noise.
+        callback: called after every step with a dict: i, step, sigma, sigma_next, lam, x,
+            denoised (k-diffusion's keys plus lam and sigma_next).
+        progress: show a tqdm bar; None shows it only when the run lasts over a second.
+        return_trajectory: also return the states at every node.
+        denoise_final: apply x <- D(x) after the last node when it is not sigma = 0
+            (costs one NFE). Grids ending at sigma = 0 always end with it.
+        check_finite: "step" raises at the first non-finite step (one host sync per step),
+            "end" tracks the first bad step on the device and raises at the end, "off" skips
+            the check, "auto" is "step" on CPU and "end" elsewhere.
+        **solver_options: options of the named solver (unknown options raise).
+    """
+    solver_obj = get_solver(solver, **solver_options)
+    if check_finite not in ("auto", "step", "end", "off"):
+        raise SolverOptionError(f"check_finite must be auto/step/end/off, got {check_finite!r}")
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise SolverOptionError("x must be a floating-point tensor (batch first)")
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise SolverOptionError(f"x must have a non-empty batch dimension, got {tuple(x.shape)}")
+    grid.check_range(model.schedule)
+    finite = grid.finite_lams()
+    if finite.numel() < 2 and not grid.to_zero:
+        raise GridError("the grid has no finite step")
+    final_denoise = grid.to_zero or bool(denoise_final)
+    plan = solver_obj.plan(model.schedule, finite, denoise_final=final_denoise)
+    noise_src = make_noise(noise, x, seed=seed, offset=offset,
+                           lam_range=(float(finite[0]), float(finite[-1])))
+    mode = ("step" if x.device.type == "cpu" else "end") if check_finite == "auto" else check_finite
+    nfe_start = model.nfe
+    state = solver_obj.init_state(x, plan)
+    trajectory = [x] if return_trajectory else None
+    flag = torch.full((), -1, dtype=torch.long, device=x.device)
+    total = plan.steps + (1 if final_denoise else 0)
+    sigmas = [p.sigma_edm for p in plan.points] + ([0.0] if grid.to_zero else [])
+    bar = tqdm(total=total, disable=progress is False, delay=1.0 if progress is None else 0.0,
+               desc=solver_obj.name, leave=False)
+    try:
+        for i in range(plan.steps):
+            out = solver_obj.step(i, x, state, plan, model, noise_src)
+            x, state = out.x, out.state
+            if mode == "step" and not bool(torch.isfinite(x).all()):
+                _raise_nonfinite(i, grid, "the state")
+            elif mode == "end":
+                flag = _first_nonfinite_step(flag, x, i)
+            if trajectory is not None:
+                trajectory.append(x)
+            if callback is not None:
+                callback({"i": i, "step": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
+                          "sigma_next": sigmas[i + 1], "lam": plan.points[i].lam, "x": x,
+                          "denoised": out.denoised})
+            bar.update(1)
+        if final_denoise:
+            last = plan.points[-1]
+            x = model.data(x, last)
+            i = plan.steps
+            if mode == "step" and not bool(torch.isfinite(x).all()):
+                _raise_nonfinite(i, grid, "the final denoised sample")
+            elif mode == "end":
+                flag = _first_nonfinite_step(flag, x, i)
+            if trajectory is not None and grid.to_zero:
+                trajectory.append(x)
+            if callback is not None:
+                callback({"i": i, "step": i, "sigma": last.sigma_edm, "sigma_hat": last.sigma_edm,
+                          "sigma_next": 0.0, "lam": last.lam, "x": x, "denoised": x})
+            bar.update(1)
+    finally:
+        bar.close()
+    if mode == "end":
+        bad = int(flag)
+        if bad >= 0:
+            _raise_nonfinite(bad, grid, "the state")
+    return SampleResult(x=x, nfe=model.nfe - nfe_start, grid=grid, trajectory=trajectory)
+
+
+def initial_noise(shape: Sequence[int], *, seed: int = 0, offset: int = 0,
+                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                  ) -> Tensor:
+    """Standard-normal initial noise, one stream per sample keyed by (seed, offset + index)."""
+    from .noise import PerSampleStreams
+
+    like = torch.empty(tuple(shape), dtype=dtype, device=device)
+    streams = PerSampleStreams.from_seed(seed, like.shape[0], offset=offset)
+    return streams.normal(like, step=-1, draw=0, lam_from=-math.inf, lam_to=math.inf)
+
+
+def sample(
+    model: Denoiser,
+    shape_or_noise: Sequence[int] | Tensor,
+    *,
+    solver: str | Solver = "dpmpp_2m",
+    steps: int | None = None,
+    nfe: int | None = None,
+    grid: str | Grid | Sequence[float] | Tensor = "karras",
+    seed: int = 0,
+    offset: int = 0,
+    noise: NoiseSource | int | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    grid_options: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> SampleResult:
+    """Draw samples from ``model``.
+
+    Args:
+        model: a :class:`Denoiser`.
+        shape_or_noise: the batch shape (B, ...) to draw initial noise for, or a standard-normal
+            tensor to start from (it is scaled by sigma at the first node).
+        solver: solver name or instance (default DPM-Solver++(2M)).
+        steps: number of grid intervals; or give ``nfe`` and the steps are derived from it.
+        nfe: model-evaluation budget (exclusive with ``steps``).
+        grid: grid name ("karras", "uniform_lambda", "uniform_t", "quadratic_t",
+            "polyexponential"), a :class:`Grid`, or EDM sigmas (decreasing, may end in 0).
+            Named grids end at sigma = 0 unless grid_options={"to_zero": False}.
+        seed, offset: the initial noise of sample b is keyed by (seed, offset + b); stochastic
+            solvers draw from the same per-sample streams unless ``noise`` says otherwise.
+        noise: noise source for stochastic solvers (see :func:`solve`).
+        dtype, device: of the state when drawing noise (ignored for a given noise tensor).
+        grid_options: options of the named grid (e.g. rho, sigma_min, to_zero).
+        **kwargs: passed to :func:`solve` (callback, progress, return_trajectory,
+            denoise_final, check_finite) and the solver's options.
+    """
+    solver_obj = get_solver(solver, **{k: v for k, v in kwargs.items() if k not in _SOLVE_KEYS})
+    solve_kwargs = {k: v for k, v in kwargs.items() if k in _SOLVE_KEYS}
+    if (steps is None) == (nfe is None) and not isinstance(grid, Grid) and isinstance(grid, str):
+        raise SolverOptionError("give exactly one of `steps` and `nfe`")
+    options = dict(grid_options or {})
+    if nfe is not None:
+        steps = steps_for_nfe(solver_obj, nfe, to_zero=bool(options.get("to_zero", True)))
+    the_grid = resolve_grid(grid, model, steps, **options)
+    if isinstance(shape_or_noise, Tensor):
+        n = shape_or_noise
+    else:
+        n = initial_noise(shape_or_noise, seed=seed, offset=offset, dtype=dtype,
+                          device=device or "cpu")
+    first = model.schedule.point(float(the_grid.lams[0]))
+    x = first.sigma * n
+    return solve(model, x, the_grid, solver_obj, noise=noise, seed=seed, offset=offset,
+                 **solve_kwargs)
+
+
+_SOLVE_KEYS = frozenset({"callback", "progress", "return_trajectory", "denoise_final",
+                         "check_finite"})

@@ -1,0 +1,145 @@
+r"""SEEDS-1/2/3: exponential SDE solvers (Gonzalez et al. 2023, arXiv 2305.14267).
+
+They integrate the variance-controlled reverse SDE in lambda (research note
+seeds_sa_solver.md Sec. 1.2)
+
+    dx = [(d log sigma/d lambda - eta) x + (1 + eta) alpha D(x, lambda)] d lambda
+         + sqrt(2 eta) sigma dW_lambda,
+
+eta = 1 being the paper's SDE and eta = 0 the probability-flow ODE, with the linear part and
+the noise variance exact (SEEDS abstract; note Sec. 1.3). Each solver is the single-step
+exponential RK engine of :mod:`.singlestep` with k = 1 + eta in every weight and the exact
+Ornstein-Uhlenbeck split of the Brownian increment between stages (note Sec. 2.2): a stage
+reuses the noise of the sub-intervals before it, damped by e^{-eta dl}, and adds fresh noise
+only for its own sub-interval. This is correct for every stage fraction r (the official code's
+split is exact only for equal sub-intervals, note Sec. 2.2 / defect 4b).
+
+* SEEDS-1 (1 NFE):  x_t = (sigma_t/sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-kh}) D_s
+  + sigma_t sqrt(1 - e^{-2 eta h}) xi  (note Sec. 2.1; = DDIM at eta = 0, the DDPM posterior
+  step at eta = 1, note Sec. 1.4).
+* SEEDS-2 (2 NFE, stage at r): "phi_1" (official 2a; DPM-Solver++(2S) at eta = 0) or "phi_2"
+  (official 2b, the paper's eq. 53 per ComfyUI PR #11309).
+* SEEDS-3 (3 NFE, stages r1 < r2): phi_2-type stages; DPM-Solver++(3S) at eta = 0. The
+  official repository's data-prediction stage-3 coefficient is wrong (note defect 4a); this
+  is the corrected form. Its weak order is 2, not 3 (note Appendix B; our measurement in
+  docs/sde_solvers.md).
+
+The noise-prediction form (``prediction="noise"``) is offered for SEEDS-1/2 for completeness
+and is not recommended: it injects sigma_t sqrt(eta (e^{2h} - 1)) noise and relies on the
+eps-integral to cancel it (note Sec. 1.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .base import check_choice, check_range, register
+from .singlestep import Form, SinglestepSolver, SlopeRule, _order2, _order3
+
+MAX_ETA = 100.0
+
+
+@dataclass(frozen=True)
+class _SEEDS(SinglestepSolver):
+    """Options shared by SEEDS-1/2/3 (not registered itself)."""
+
+    eta: float = 1.0
+    s_noise: float = 1.0
+    prediction: Form = "data"
+    stochastic = True
+
+    def __post_init__(self) -> None:
+        check_range(self.name, "eta", self.eta, 0.0, MAX_ETA)
+        check_range(self.name, "s_noise", self.s_noise, 0.0, 10.0)
+        check_choice(self.name, "prediction", self.prediction, self._predictions())
+
+    def _predictions(self) -> tuple[str, ...]:
+        return ("data", "noise")
+
+    @property
+    def form(self) -> Form:
+        return self.prediction
+
+
+@register
+@dataclass(frozen=True)
+class SEEDS1(_SEEDS):
+    """SEEDS-1 (Gonzalez et al. 2023, Alg. 1 / research note Sec. 2.1).
+
+    Weak order 1 (eta > 0), order 1 at eta = 0; 1 NFE per step.
+
+    Args:
+        eta: stochasticity (1: the paper's reverse SDE; 0: the probability-flow ODE = DDIM).
+        s_noise: multiplies the injected noise (1 keeps the variance exact; heuristic, P8).
+        prediction: "data" (recommended) or "noise".
+    """
+
+    name = "seeds_1"
+    order = 1
+    reference = "Gonzalez et al. 2023 (arXiv 2305.14267) SEEDS-1; research note Sec. 2.1"
+
+    def table(self) -> tuple[tuple[float, int | None, SlopeRule], ...]:
+        return ((1.0, None, "phi_1"),)
+
+
+@register
+@dataclass(frozen=True)
+class SEEDS2(_SEEDS):
+    """SEEDS-2 (Gonzalez et al. 2023; research note Sec. 2.1), stage at lambda_s + r h.
+
+    Weak order 2 (measured, any r), order 2 at eta = 0; 2 NFE per step.
+
+    Args:
+        eta, s_noise, prediction: as SEEDS-1.
+        r: stage fraction in (0, 1] (default 1/2).
+        solver_type: "phi_1" (default; DPM-Solver++(2S) at eta = 0) or "phi_2" (with r = 1
+            an exponential Heun in x0).
+    """
+
+    name = "seeds_2"
+    order = 2
+    nfe_per_step = 2
+    reference = "Gonzalez et al. 2023 (arXiv 2305.14267) SEEDS-2 (Butcher 2a/2b, eq. 53)"
+    r: float = 0.5
+    solver_type: Literal["phi_1", "phi_2"] = "phi_1"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.name, "r", self.r, 1e-3, 1.0)
+        check_choice(self.name, "solver_type", self.solver_type, ("phi_1", "phi_2"))
+
+    def table(self) -> tuple[tuple[float, int | None, SlopeRule], ...]:
+        return _order2(self.r, self.solver_type)
+
+
+@register
+@dataclass(frozen=True)
+class SEEDS3(_SEEDS):
+    """SEEDS-3 (Gonzalez et al. 2023; research note Sec. 2.1), stages at r1 < r2.
+
+    Weak order 2 (measured; not 3 with Brownian-increment noise), order 3 at eta = 0;
+    3 NFE per step. Data prediction only.
+
+    Args:
+        eta, s_noise: as SEEDS-1.
+        r1, r2: stage fractions, 0 < r1 < r2 <= 1 (default 1/3, 2/3).
+    """
+
+    name = "seeds_3"
+    order = 3
+    nfe_per_step = 3
+    reference = "Gonzalez et al. 2023 (arXiv 2305.14267) SEEDS-3 (Butcher 3a, corrected)"
+    r1: float = 1.0 / 3.0
+    r2: float = 2.0 / 3.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self.name, "r1", self.r1, 1e-3, 1.0)
+        check_range(self.name, "r2", self.r2, self.r1 + 1e-3, 1.0)
+
+    def _predictions(self) -> tuple[str, ...]:
+        return ("data",)
+
+    def table(self) -> tuple[tuple[float, int | None, SlopeRule], ...]:
+        return _order3(self.r1, self.r2)
