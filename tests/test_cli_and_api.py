@@ -17,11 +17,25 @@ from diffsolve.zoo import GaussianMixture
 
 def test_cli_sample_writes_png(tmp_path, capsys):
     out = tmp_path / "s.png"
-    assert main(["sample", "--n", "300", "--nfe", "8", "--out", str(out), "--quiet"]) == 0
+    assert main(["sample", "--model", "gmm", "--n", "300", "--nfe", "8", "--out", str(out),
+                 "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["nfe"] == 8 and summary["solver"] == "dpmpp_2m"
     with Image.open(out) as im:
         assert im.size[0] > 300 and im.size[1] > 300
+
+
+def test_cli_default_samples_recognisable_digits(tmp_path, capsys):
+    """The main job: the shipped digits model, default solver and budget; the shipped
+    classifier must recognise most samples confidently."""
+    out = tmp_path / "digits.png"
+    assert main(["sample", "--n", "64", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["model"] == "digits" and summary["nfe"] == 20
+    assert summary["confident_fraction"] >= 0.85
+    assert sum(summary["class_histogram"]) == 64 and min(summary["class_histogram"]) >= 1
+    with Image.open(out) as im:
+        assert im.size[0] > 500
 
 
 def test_cli_rejects_unknown_solver(capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .solvers import get_solver, list_solvers
+from .solvers import list_solvers
 
 DEFAULT_SOLVER = "dpmpp_2m"
 
@@ -40,31 +40,96 @@ def _plot_gmm(samples: torch.Tensor, gmm: object, out: Path, title: str) -> None
     plt.close(fig)
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def _plot_digits(x: torch.Tensor, out: Path, title: str, labels: list[str] | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2)[:, 0]  # (N, 8, 8) in [0, 1]
+    n = imgs.shape[0]
+    cols = min(16, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.7, rows * 0.8 + 0.6), dpi=110,
+                             squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(imgs[k].numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            if labels is not None:
+                ax.set_title(labels[k], fontsize=6, pad=1)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _sample_model(args: argparse.Namespace):
     from .sample import sample
     from .schedules import EDM
     from .zoo import GaussianMixture
+    from .zoo.pretrained import list_models, load_model
 
-    if args.model != "gmm":
-        print(f"unknown model {args.model!r}; available: gmm", file=sys.stderr)
-        return 2
-    solver = get_solver(args.solver)
-    gmm = GaussianMixture.default_2d()
-    model = gmm.denoiser(EDM(sigma_min=0.002, sigma_max=20.0))  # data std ~0.7
+    if args.model == "gmm":
+        gmm = GaussianMixture.default_2d()
+        model = gmm.denoiser(EDM(sigma_min=0.002, sigma_max=20.0))  # data std ~0.7
+        shape: tuple[int, ...] = (args.n, 2)
+    elif args.model in list_models():
+        gmm = None
+        model = load_model(args.model)
+        shape = (args.n, *model.card["shape"])  # type: ignore[attr-defined]
+    else:
+        raise SystemExit(f"unknown model {args.model!r}; available: gmm, "
+                         f"{', '.join(list_models())}")
     start = time.perf_counter()
-    result = sample(model, (args.n, 2), solver=solver, nfe=args.nfe, grid=args.grid,
-                    seed=args.seed, dtype=torch.float64, progress=not args.quiet)
-    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        result = sample(model, shape, solver=args.solver, nfe=args.nfe, grid=args.grid,
+                        seed=args.seed, progress=not args.quiet)
+    return gmm, result, time.perf_counter() - start
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    gmm, result, seconds = _sample_model(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    title = (f"diffsolve: {args.solver}, {result.nfe} NFE, {args.grid} grid, "
-             f"{args.n} samples (seed {args.seed})\nover the exact density of the 2-D mixture")
-    _plot_gmm(result.x, gmm, out, title)
+    head = (f"diffsolve {args.model}: {args.solver}, {result.nfe} NFE, {args.grid} grid, "
+            f"seed {args.seed}")
     summary = {"model": args.model, "solver": args.solver, "nfe": result.nfe,
                "steps": result.grid.steps, "n": args.n, "seed": args.seed,
                "seconds": round(seconds, 3), "image": str(out)}
+    if gmm is not None:
+        _plot_gmm(result.x, gmm, out, f"{head}\n{args.n} samples over the exact mixture density")
+    elif result.x.ndim == 2:
+        _plot_gmm_free(result.x, out, f"{head}\n{args.n} samples")
+    else:
+        labels = None
+        if args.model == "digits":
+            from .zoo.classifier import load_classifier
+
+            probs = load_classifier().predict_proba(result.x.float())
+            conf, pred = probs.max(dim=1)
+            labels = [f"{int(p)} ({float(c):.2f})" for p, c in zip(pred, conf, strict=True)]
+            summary["confident_fraction"] = round(float((conf >= 0.9).float().mean()), 4)
+            summary["class_histogram"] = torch.bincount(pred, minlength=10).tolist()
+        _plot_digits(result.x[:128], out, head + " (classifier label, confidence)", labels)
     print(json.dumps(summary))
     return 0
+
+
+def _plot_gmm_free(samples: torch.Tensor, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xy = samples.detach().double().cpu()
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=110)
+    ax.scatter(xy[:, 0].numpy(), xy[:, 1].numpy(), s=2, c="crimson", alpha=0.6, linewidths=0)
+    ax.set_title(title, fontsize=9)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 def cmd_solvers(args: argparse.Namespace) -> int:
@@ -88,12 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffsolve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("sample", help="sample a built-in model and write a PNG")
-    p.add_argument("--model", default="gmm", help="built-in model (default: gmm, the 2-D "
-                   "Gaussian mixture with an exact denoiser)")
+    p.add_argument("--model", default="digits", help="built-in model: digits (default; a "
+                   "U-Net trained on scikit-learn's 8x8 digits, shipped), moons, or gmm (the "
+                   "2-D Gaussian mixture with an exact denoiser)")
     p.add_argument("--solver", default=DEFAULT_SOLVER, choices=list_solvers())
     p.add_argument("--nfe", type=int, default=20, help="model-evaluation budget")
     p.add_argument("--grid", default="karras", help="time-step grid name")
-    p.add_argument("--n", type=int, default=2000, help="number of samples")
+    p.add_argument("--n", type=int, default=64, help="number of samples (gmm/moons: use "
+                   "a few thousand)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="samples.png", help="output PNG path")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -92,6 +92,7 @@ sample_dpmpp_3m_sde = make_sampler("dpmpp_3m_sde")
 sample_seeds_1 = make_sampler("seeds_1")
 sample_seeds_2 = make_sampler("seeds_2")
 sample_seeds_3 = make_sampler("seeds_3")
+sample_sa_solver = make_sampler("sa_solver")
 
 
 def __getattr__(attr: str) -> Callable[..., Tensor]:
