@@ -55,17 +55,27 @@ def time_per_call(fn, calls: int, repeats: int, device: torch.device) -> float:
     return statistics.median(out)
 
 
-def bench(batch: int, shape: tuple[int, ...], steps: int, depths: list[int | None],
-          repeats: int, device: torch.device) -> dict:
+def bench(
+    batch: int,
+    shape: tuple[int, ...],
+    steps: int,
+    depths: list[int | None],
+    repeats: int,
+    device: torch.device,
+) -> dict:
     like = torch.empty(batch, *shape, device=device)
     lams = karras_lams(steps)
     res: dict = {"batch": batch, "shape": list(shape), "steps": steps}
     res["randn_s"] = time_per_call(
-        lambda i: torch.randn(like.shape, device=device), steps, repeats, device)
+        lambda i: torch.randn(like.shape, device=device), steps, repeats, device
+    )
     streams = PerSampleStreams.from_seed(0, batch)
     res["streams_s"] = time_per_call(
         lambda i: streams.normal(like, step=i, draw=0, lam_from=lams[0], lam_to=lams[1]),
-        steps, repeats, device)
+        steps,
+        repeats,
+        device,
+    )
     res["brownian"] = []
     for depth in depths:
         times, drawn = [], []
@@ -79,13 +89,15 @@ def bench(batch: int, shape: tuple[int, ...], steps: int, depths: list[int | Non
             _sync(device)
             times.append((time.perf_counter() - t0) / steps)
             drawn.append(bp.normals_drawn / steps)
-        res["brownian"].append({
-            "depth": bp.depth,
-            "default_depth": depth is None,
-            "leaf_width": bp.leaf_width,
-            "per_step_s": statistics.median(times),
-            "normals_per_step": statistics.median(drawn),
-        })
+        res["brownian"].append(
+            {
+                "depth": bp.depth,
+                "default_depth": depth is None,
+                "leaf_width": bp.leaf_width,
+                "per_step_s": statistics.median(times),
+                "normals_per_step": statistics.median(drawn),
+            }
+        )
     return res
 
 
@@ -99,12 +111,15 @@ def plot(results: list[dict], path: Path) -> None:
     for ax, res in zip(axes[0], results, strict=True):
         for steps_res in res["by_steps"]:
             base = steps_res["randn_s"]
-            d = [b["depth"] for b in steps_res["brownian"]]
-            ratio = [b["per_step_s"] / base for b in steps_res["brownian"]]
+            pts = sorted(
+                {b["depth"]: b["per_step_s"] / base for b in steps_res["brownian"]}.items()
+            )
+            d, ratio = [p[0] for p in pts], [p[1] for p in pts]
             ax.plot(d, ratio, "o-", label=f"BrownianPath, {steps_res['steps']} steps")
         base = res["by_steps"][0]["randn_s"]
-        ax.axhline(res["by_steps"][0]["streams_s"] / base, color="k", ls="--",
-                   label="PerSampleStreams")
+        ax.axhline(
+            res["by_steps"][0]["streams_s"] / base, color="k", ls="--", label="PerSampleStreams"
+        )
         ax.axhline(1.0, color="grey", ls=":", label="torch.randn")
         ax.axhline(10.0, color="r", ls=":", lw=0.8, label="10x target")
         ax.set_yscale("log")
@@ -122,8 +137,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     p.add_argument("--shape", type=int, nargs="+", default=[4, 64, 64])
     p.add_argument("--steps", type=int, nargs="+", default=[20, 50])
-    p.add_argument("--depths", type=str, default="default,6,7,8,10,12",
-                   help="comma-separated tree depths; 'default' = the library default")
+    p.add_argument(
+        "--depths",
+        type=str,
+        default="default,6,7,8,10,12",
+        help="comma-separated tree depths; 'default' = the library default",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("out/bench"))
@@ -132,18 +151,24 @@ def main() -> None:
     depths = [None if d == "default" else int(d) for d in args.depths.split(",")]
     results = []
     for batch in args.batch:
-        by_steps = [bench(batch, tuple(args.shape), s, depths, args.repeats, device)
-                    for s in args.steps]
-        results.append({"batch": batch, "shape": args.shape, "device": str(device),
-                        "by_steps": by_steps})
+        by_steps = [
+            bench(batch, tuple(args.shape), s, depths, args.repeats, device) for s in args.steps
+        ]
+        results.append(
+            {"batch": batch, "shape": args.shape, "device": str(device), "by_steps": by_steps}
+        )
         for r in by_steps:
-            print(f"batch {batch:3d} steps {r['steps']:3d}: randn {r['randn_s'] * 1e3:.3f} ms, "
-                  f"streams {r['streams_s'] / r['randn_s']:.1f}x")
+            print(
+                f"batch {batch:3d} steps {r['steps']:3d}: randn {r['randn_s'] * 1e3:.3f} ms, "
+                f"streams {r['streams_s'] / r['randn_s']:.1f}x"
+            )
             for b in r["brownian"]:
                 tag = " (default)" if b["default_depth"] else ""
-                print(f"    brownian depth {b['depth']:2d}{tag}: {b['per_step_s'] * 1e3:.3f} ms "
-                      f"= {b['per_step_s'] / r['randn_s']:.1f}x randn, "
-                      f"{b['normals_per_step']:.2f} normal tensors/step")
+                print(
+                    f"    brownian depth {b['depth']:2d}{tag}: {b['per_step_s'] * 1e3:.3f} ms "
+                    f"= {b['per_step_s'] / r['randn_s']:.1f}x randn, "
+                    f"{b['normals_per_step']:.2f} normal tensors/step"
+                )
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -153,8 +178,9 @@ def main() -> None:
         "grid": "karras rho=7",
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "noise_cost.json").write_text(json.dumps({"meta": meta, "results": results},
-                                                         indent=2))
+    (args.out / "noise_cost.json").write_text(
+        json.dumps({"meta": meta, "results": results}, indent=2)
+    )
     plot(results, args.out / "noise_cost.png")
     print(f"wrote {args.out / 'noise_cost.json'} and {args.out / 'noise_cost.png'}")
 

@@ -29,8 +29,14 @@ from diffsolve.noise import streams as S
 KS_P = 1e-4  # KS tests fail below this p-value (false-alarm rate 1e-4 per test)
 
 
-def _z(src: NoiseSource, like: torch.Tensor, step: int = 0, draw: int = 0,
-       a: float = 0.0, b: float = 1.0) -> torch.Tensor:
+def _z(
+    src: NoiseSource,
+    like: torch.Tensor,
+    step: int = 0,
+    draw: int = 0,
+    a: float = 0.0,
+    b: float = 1.0,
+) -> torch.Tensor:
     return src.normal(like, step=step, draw=draw, lam_from=a, lam_to=b)
 
 
@@ -226,8 +232,7 @@ def test_brownian_non_overlapping_increments_uncorrelated() -> None:
     bp = BrownianPath.from_seed(8, 2, LO, HI)
     like = torch.empty(2, 50_000, dtype=torch.float64)
     pts = [-2.0, -1.61, -1.37, 0.9, 0.95]
-    z = [bp.normal(like, step=0, draw=0, lam_from=a, lam_to=b)
-         for a, b in itertools.pairwise(pts)]
+    z = [bp.normal(like, step=0, draw=0, lam_from=a, lam_to=b) for a, b in itertools.pairwise(pts)]
     bound = 5 / math.sqrt(like.numel())
     for i in range(len(z)):
         for j in range(i):
@@ -348,8 +353,11 @@ def test_given_noise() -> None:
 def test_recording_noise_records_and_replays() -> None:
     rec = RecordingNoise(PerSampleStreams([1, 2]))
     like = torch.empty(2, 5)
-    outs = [rec.normal(like, step=i, draw=d, lam_from=i, lam_to=i + 0.5)
-            for i in range(3) for d in range(2)]
+    outs = [
+        rec.normal(like, step=i, draw=d, lam_from=i, lam_to=i + 0.5)
+        for i in range(3)
+        for d in range(2)
+    ]
     assert len(rec) == 6
     assert [(r.step, r.draw) for r in rec.requests] == [(i, d) for i in range(3) for d in range(2)]
     assert rec.requests[3].lam_from == 1.0 and rec.requests[3].lam_to == 1.5
@@ -390,8 +398,11 @@ def test_as_kdiffusion_sampler_counts_steps_and_round_trips() -> None:
     back = KDiffusionNoiseSampler(as_kdiffusion_sampler(bp, like))
     direct = BrownianPath([3, 4], -math.log(10.0), -math.log(0.5))
     a, b = -math.log(8.0), -math.log(2.0)
-    assert torch.allclose(back.normal(like, step=0, draw=0, lam_from=a, lam_to=b),
-                          direct.normal(like, lam_from=a, lam_to=b), atol=1e-5)
+    assert torch.allclose(
+        back.normal(like, step=0, draw=0, lam_from=a, lam_to=b),
+        direct.normal(like, lam_from=a, lam_to=b),
+        atol=1e-5,
+    )
 
 
 def test_make_noise_resolution() -> None:

@@ -15,7 +15,7 @@ from diffsolve.schedules import EDM, DiscreteVP, VPLinear
 from diffsolve.zoo import GaussianMixture
 
 SIGMA_MAX, SIGMA_MIN = 10.0, 0.1
-WEAK_STEPS = [20, 40, 80, 160]
+WEAK_STEPS = [40, 80, 160, 320]
 
 
 def _grid(n: int, smax: float = SIGMA_MAX, smin: float = SIGMA_MIN) -> Grid:
@@ -107,7 +107,7 @@ def _weak_errors(name, opts, steps=WEAK_STEPS):
 ])
 def test_weak_order(name, opts, minimum):
     """Weak error of the output mean and variance on Gaussian data (exact, no Monte Carlo),
-    eta = 1, uniform lambda grids of 20-160 steps."""
+    eta = 1, uniform lambda grids of 40-320 steps."""
     errors = _weak_errors(name, opts)
     slope = fitted_slope([1.0 / n for n in WEAK_STEPS], errors)
     assert slope >= minimum, f"{name} {opts}: errors {errors}, weak order {slope:.2f}"

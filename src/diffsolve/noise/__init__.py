@@ -97,8 +97,7 @@ def make_noise(
                     "range of the grid, to build the path over"
                 )
             lo, hi = lam_range
-            return BrownianPath.from_seed(0 if seed is None else seed, batch, lo, hi,
-                                          offset=offset)
+            return BrownianPath.from_seed(0 if seed is None else seed, batch, lo, hi, offset=offset)
         raise ValueError(
             f"unknown noise name {noise!r}; use 'streams', 'brownian' or 'zero', an int seed, "
             "a NoiseSource or a k-diffusion noise_sampler"

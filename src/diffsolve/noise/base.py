@@ -305,7 +305,10 @@ def as_kdiffusion_sampler(
             lam_from = lam_of_sigma(float(sigma))
             lam_to = lam_of_sigma(float(sigma_next))
             out = source.normal(
-                template, step=start_step + self.calls, draw=draw, lam_from=lam_from,
+                template,
+                step=start_step + self.calls,
+                draw=draw,
+                lam_from=lam_from,
                 lam_to=lam_to,
             )
             self.calls += 1
