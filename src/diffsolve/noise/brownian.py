@@ -60,8 +60,8 @@ leaves the previous query's path (cached), one normal tensor per new node; monot
 queries therefore cost about ``depth - log2(L/h) + 1`` normal tensors per step of size h.
 Recent point values are cached too, so the left end of a step is usually free. Each normal
 tensor costs about 3-5 ``torch.randn`` of the same shape on CPU (hash plus float64
-Box–Muller), so a step costs roughly 10x randn at depth 6 and 20-30x at the default depth 8
-for 20-50 Karras steps at batch 64 x 4x64x64 (``benchmarks/noise_cost.py``; k-diffusion's
+Box–Muller), so a step costs about 10-20x randn at depth 6 and 20-35x at the default depth 8
+for 20-50 Karras steps at batch 1 or 64 x 4x64x64 (``benchmarks/noise_cost.py``; k-diffusion's
 torchsde tree costs about 100x). Memory: about ``depth + 2`` float64 tensors of the state's
 size are held.
 """

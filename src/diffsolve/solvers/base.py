@@ -169,3 +169,13 @@ def check_choice(solver: str, option: str, value: Any, choices: tuple[Any, ...])
     if value not in choices:
         raise SolverOptionError(
             f"{solver}: option {option}={value!r} must be one of {list(choices)}")
+
+
+MAX_ETA = 100.0
+MAX_S_NOISE = 10.0
+
+
+def check_sde_options(solver: str, eta: float, s_noise: float) -> None:
+    """Validate the stochasticity eta in [0, 100] and the noise scale s_noise in [0, 10]."""
+    check_range(solver, "eta", eta, 0.0, MAX_ETA)
+    check_range(solver, "s_noise", s_noise, 0.0, MAX_S_NOISE)

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from ..expint import exp_lagrange_weights, stage_coefficients
 from ..schedules import EvalPoint, NoiseSchedule
-from .base import GridPlan, Solver, StepOutput, check_choice, check_range, register
+from .base import GridPlan, Solver, StepOutput, check_choice, check_sde_options, register
 from .singlestep import Stage, build_stages, run_stages, stage_table
 
 if TYPE_CHECKING:
@@ -237,8 +237,7 @@ class DPMSolverPP2MSDE(DPMSolverPP2M):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range(self.name, "eta", self.eta, 0.0, 100.0)
-        check_range(self.name, "s_noise", self.s_noise, 0.0, 10.0)
+        check_sde_options(self.name, self.eta, self.s_noise)
 
 
 @register
@@ -262,5 +261,4 @@ class DPMSolverPP3MSDE(DPMSolverPP3M):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_range(self.name, "eta", self.eta, 0.0, 100.0)
-        check_range(self.name, "s_noise", self.s_noise, 0.0, 10.0)
+        check_sde_options(self.name, self.eta, self.s_noise)

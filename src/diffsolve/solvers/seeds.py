@@ -34,10 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .base import check_choice, check_range, register
+from .base import check_choice, check_range, check_sde_options, register
 from .singlestep import Form, SinglestepSolver, SlopeRule, _order2, _order3
-
-MAX_ETA = 100.0
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,7 @@ class _SEEDS(SinglestepSolver):
     stochastic = True
 
     def __post_init__(self) -> None:
-        check_range(self.name, "eta", self.eta, 0.0, MAX_ETA)
-        check_range(self.name, "s_noise", self.s_noise, 0.0, 10.0)
+        check_sde_options(self.name, self.eta, self.s_noise)
         check_choice(self.name, "prediction", self.prediction, self._predictions())
 
     def _predictions(self) -> tuple[str, ...]:
