@@ -93,6 +93,12 @@ sample_seeds_1 = make_sampler("seeds_1")
 sample_seeds_2 = make_sampler("seeds_2")
 sample_seeds_3 = make_sampler("seeds_3")
 sample_sa_solver = make_sampler("sa_solver")
+sample_euler_maruyama = make_sampler("euler_maruyama")
+sample_ddpm = make_sampler("ddpm")
+sample_ddim_eta = make_sampler("ddim_eta")
+sample_euler_ancestral = make_sampler("euler_ancestral")
+sample_edm_stochastic = make_sampler("edm_stochastic")
+sample_er_sde = make_sampler("er_sde")
 
 
 def __getattr__(attr: str) -> Callable[..., Tensor]:
