@@ -51,6 +51,7 @@ import operator
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -116,19 +117,29 @@ def request_word(domain: int, a: int, b: int) -> int:
     return _fold(_fold(_fold(0, domain), a & _M64), b & _M64)
 
 
+def _mix64_np(z: np.ndarray) -> np.ndarray:
+    """:func:`mix64` on a uint64 array (numpy's uint64 arithmetic wraps mod 2^64)."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
 def request_keys(bases: Sequence[int], words: Sequence[int]) -> list[int]:
     """128-bit stream keys for every (sample base key, request word), sample-major order.
 
     Returned as a flat list of 2 * len(bases) * len(words) unsigned 64-bit ints
-    ``[k01, k23, k01, k23, ...]`` (row r = b * len(words) + w).
+    ``[k01, k23, k01, k23, ...]`` (row r = b * len(words) + w), with k01 = mix64(base ^ w) and
+    k23 = mix64(k01 + gamma). Vectorised over the batch in numpy uint64 (bit-identical to
+    :func:`mix64` on Python ints), so large batches cost no Python loop per sample.
     """
-    out: list[int] = []
-    for base in bases:
-        for w in words:
-            k = mix64(base ^ w)
-            out.append(k)
-            out.append(mix64((k + _GAMMA) & _M64))
-    return out
+    b = np.asarray([int(v) & _M64 for v in bases], dtype=np.uint64)
+    w = np.asarray([int(v) & _M64 for v in words], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        k01 = _mix64_np(b[:, None] ^ w[None, :]).reshape(-1)
+        k23 = _mix64_np(k01 + np.uint64(_GAMMA))
+    return np.stack([k01, k23], axis=1).reshape(-1).tolist()
 
 
 _counter_cache: OrderedDict[tuple[int, str], Tensor] = OrderedDict()
@@ -209,7 +220,9 @@ def counter_normals(
     multiplied by the group's scale, folded into the Box–Muller radius (cheaper than a
     separate pass; the result is a fixed function of key, index and scale).
     """
-    k = _BLOCK
+    # Box–Muller block: the smallest power of two covering half the sample (at most _BLOCK),
+    # so a 2-D sample does not pay for 512 normals
+    k = min(_BLOCK, 1 << max(0, math.ceil(math.log2(max(1, -(-n // 2))))))
     nb = -(-n // (2 * k))
     h = counter_hash(keys, rows, nb * 2 * k, device).view(rows, nb, 2, k)
     r = h[:, :, 0].to(torch.float64)
