@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -24,25 +23,12 @@ from tqdm import tqdm
 
 import diffsolve
 from diffsolve.bench.metrics import moment_frechet_distance
-from diffsolve.models import Denoiser
+from diffsolve.bench.models import erroneous_model
 from diffsolve.schedules import EDM
 from diffsolve.solvers import solver_class
 from diffsolve.zoo import GaussianMixture
 
 NFE_DEFAULT = [5, 8, 12, 20, 35, 50, 100, 200, 500]
-
-
-def erroneous_model(gmm: GaussianMixture, schedule: EDM, eps: float) -> Denoiser:
-    g = torch.Generator().manual_seed(1234)
-    a = torch.randn(2, 2, dtype=torch.float64, generator=g)
-    b = torch.randn(2, dtype=torch.float64, generator=g)
-
-    def net(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        s = float(sigma[0])
-        bias = eps * s / math.sqrt(1 + s * s) * torch.tanh(x.double() @ a + b)
-        return (gmm.denoise(x, 1.0, s) + bias).to(x.dtype)
-
-    return Denoiser(net, schedule, prediction="x0", time_input="sigma")
 
 
 def nfe_within(nfes: list[int], fds: list[float], rel: float = 0.10) -> int | None:
