@@ -1,4 +1,5 @@
-"""Command line: ``diffsolve sample``, ``diffsolve solvers`` and ``diffsolve train``."""
+"""Command line: ``diffsolve sample``, ``diffsolve solvers``, ``diffsolve train`` and
+``diffsolve bench``."""
 
 from __future__ import annotations
 
@@ -143,6 +144,31 @@ def cmd_solvers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.runner import DEFAULT_SAMPLES, run_benchmark
+    from .errors import DiffsolveError
+
+    try:
+        nfes = [int(v) for v in args.nfe.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"--nfe must be comma-separated integers, got {args.nfe!r}") from None
+    samples = args.samples if args.samples is not None else DEFAULT_SAMPLES[args.model]
+    out = args.out if args.out is not None else f"results/{args.model}"
+    try:
+        res = run_benchmark(args.model, args.solvers, nfes, samples, args.seed, out,
+                            progress=not args.quiet, grid=args.grid, device=args.device)
+    except DiffsolveError as e:
+        raise SystemExit(f"diffsolve bench: {e}") from None
+    s = res["summary"]
+    print(json.dumps({"model": args.model, "computed": res["computed"],
+                      "reused": res["reused"], "metric": s["metric"],
+                      "best_per_nfe": {n: (b["best"] or {}).get("solver")
+                                       for n, b in s["best_per_nfe"].items()},
+                      "sde_beats_ode_from_nfe": s["sde_beats_ode_from_nfe"],
+                      **res["paths"]}))
+    return 0
+
+
 def cmd_train(argv: list[str]) -> int:
     from .zoo import train
 
@@ -167,6 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
     s = sub.add_parser("solvers", help="list solvers with order, NFE per step and source")
     s.set_defaults(func=cmd_solvers)
+    b = sub.add_parser("bench", help="benchmark solvers x NFE budgets on a built-in model "
+                       "(resumable; writes results.json, report.md and PNG plots)")
+    b.add_argument("--model", default="digits", choices=["gmm", "gmm-err", "digits", "moons"],
+                   help="gmm: exact mixture denoiser; gmm-err: with a smooth error; digits: "
+                   "the shipped U-Net (classifier-feature FD, KID, pixel FD, confidence); "
+                   "moons: the shipped 2-D MLP (sliced W1)")
+    b.add_argument("--solvers", default="all", help="comma-separated solver names or 'all'")
+    b.add_argument("--nfe", default="5,10,20,50,100", help="comma-separated NFE budgets")
+    b.add_argument("--samples", type=int, default=None,
+                   help="samples per cell (default: gmm 10000, digits 1000, moons 5000)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--grid", default="karras", help="time-step grid name")
+    b.add_argument("--device", default="cpu", help="sampling device (metrics run on CPU)")
+    b.add_argument("--out", default=None, help="output folder (default results/MODEL); "
+                   "cells already in its results.json are reused")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
     sub.add_parser("train", help="train a built-in model (see `diffsolve train --help`)",
                    add_help=False)
     return parser
