@@ -83,9 +83,22 @@ def log_rates(schedule: NoiseSchedule, t: float) -> tuple[float, float]:
     return schedule.d_alpha_dt(t) / alpha, schedule.d_sigma_dt(t) / sigma
 
 
+@dataclass(frozen=True)
+class _AffineSolver(Solver):
+    """Solvers whose step is x' = a x + b D(x) + c s_noise xi with precomputed (a, b, c)."""
+
+    @property
+    def s_noise(self) -> float:
+        return 1.0
+
+    def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
+             noise: NoiseSource) -> StepOutput:
+        return _affine_step(i, x, plan.extra[i], plan, model, noise, self.s_noise)
+
+
 @register
 @dataclass(frozen=True)
-class EulerMaruyama(Solver):
+class EulerMaruyama(_AffineSolver):
     r"""Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6) in the schedule's time.
 
     With f = d log alpha/dt and g^2 = d sigma^2/dt - 2 f sigma^2 = -2 sigma^2 d lambda/dt
@@ -133,10 +146,6 @@ class EulerMaruyama(Solver):
             c=p.sigma * math.sqrt(max(0.0, -2.0 * dlam * self.eta * abs(dt))),
         )
 
-    def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
-             noise: NoiseSource) -> StepOutput:
-        return _affine_step(i, x, plan.extra[i], plan, model, noise, self.s_noise)
-
 
 # ---------------------------------------------------------------------------------------------
 # DDPM and DDIM(eta)
@@ -145,7 +154,7 @@ class EulerMaruyama(Solver):
 
 @register
 @dataclass(frozen=True)
-class DDPM(Solver):
+class DDPM(_AffineSolver):
     r"""Ancestral sampling with the DDPM posterior (Ho et al. 2020, eq. 6-7), for any schedule.
 
     The forward transition from t (cleaner) to s (noisier) is x_s = alpha_{s|t} x_t +
@@ -178,14 +187,10 @@ class DDPM(Solver):
         c = stage_coefficients(points[i], points[i + 1], eta=1.0, form="data")
         return AffineStep(a=c.lin, b=c.w0, c=c.noise_std)
 
-    def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
-             noise: NoiseSource) -> StepOutput:
-        return _affine_step(i, x, plan.extra[i], plan, model, noise, self.s_noise)
-
 
 @register
 @dataclass(frozen=True)
-class DDIMEta(Solver):
+class DDIMEta(_AffineSolver):
     r"""DDIM with stochasticity eta_DDIM (Song et al. 2021, eq. 12 and 16).
 
     With eps_hat = (x_s - alpha_s D)/sigma_s and the per-step noise std
@@ -221,10 +226,6 @@ class DDIMEta(Solver):
         keep = q.sigma * math.sqrt(max(0.0, 1.0 - self.eta**2 * one_minus))
         return AffineStep(a=keep / p.sigma, b=q.alpha - keep * p.alpha / p.sigma, c=c)
 
-    def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
-             noise: NoiseSource) -> StepOutput:
-        return _affine_step(i, x, plan.extra[i], plan, model, noise)
-
 
 # ---------------------------------------------------------------------------------------------
 # Euler ancestral
@@ -244,7 +245,7 @@ def ancestral_split(s: float, n: float, eta: float) -> tuple[float, float]:
 
 @register
 @dataclass(frozen=True)
-class EulerAncestral(Solver):
+class EulerAncestral(_AffineSolver):
     r"""Euler ancestral in sigma~ (k-diffusion ``sample_euler_ancestral`` convention).
 
     With s = sigma~_s, n = sigma~_t and (sigma_down, sigma_up) from :func:`ancestral_split`:
@@ -277,10 +278,6 @@ class EulerAncestral(Solver):
         down, up = ancestral_split(s, n, self.eta)
         return AffineStep(a=q.alpha * down / (s * p.alpha), b=q.alpha * (1.0 - down / s),
                           c=q.alpha * up)
-
-    def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
-             noise: NoiseSource) -> StepOutput:
-        return _affine_step(i, x, plan.extra[i], plan, model, noise, self.s_noise)
 
 
 # ---------------------------------------------------------------------------------------------
