@@ -7,8 +7,9 @@
 * ``x`` is already scaled by ``sigmas[0]``;
 * ``sigmas`` is a 1-D decreasing tensor, usually ending in 0 (then the last interval is the
   denoising step x <- D(x), as in k-diffusion);
-* ``callback`` receives k-diffusion's dict (x, i, sigma, sigma_hat, denoised) plus lam and
-  sigma_next; ``disable`` turns the progress bar off;
+* ``callback`` receives k-diffusion's dict (x, i, sigma, sigma_hat, denoised; x is the state
+  at sigma before step i, as in k-diffusion) plus lam, sigma_next and x_next (the state after
+  the step); ``disable`` turns the progress bar off;
 * ``options`` are the solver's options (see ``diffsolve.get_solver(name).options()``), plus
   ``seed`` (per-sample noise streams keyed by seed and batch index) and ``noise_sampler`` (a
   k-diffusion ``noise_sampler(sigma, sigma_next)``) for stochastic solvers.
@@ -53,9 +54,25 @@ def _run(name: str, model: KDenoiser, x: Tensor, sigmas: Tensor,
 
         noise = KDiffusionNoiseSampler(sampler)
     progress = None if disable is None else not disable
-    result = solve(den, x, grid, name, noise=noise, callback=callback, progress=progress,
-                   **options)
+    result = solve(den, x, grid, name, noise=noise, callback=_pre_step_callback(callback, x),
+                   progress=progress, **options)
     return result.x
+
+
+def _pre_step_callback(callback: Callable[[dict[str, Any]], None] | None, x0: Tensor,
+                       ) -> Callable[[dict[str, Any]], None] | None:
+    """k-diffusion passes the state *before* step i as ``x`` (with that step's ``denoised``);
+    :func:`diffsolve.solve` reports the state after it. Translate, keeping ours as x_next."""
+    if callback is None:
+        return None
+    previous = [x0]
+
+    def translated(info: dict[str, Any]) -> None:
+        x_next = info["x"]
+        callback({**info, "x": previous[0], "x_next": x_next})
+        previous[0] = x_next
+
+    return translated
 
 
 def make_sampler(name: str) -> Callable[..., Tensor]:
@@ -99,6 +116,15 @@ sample_ddim_eta = make_sampler("ddim_eta")
 sample_euler_ancestral = make_sampler("euler_ancestral")
 sample_edm_stochastic = make_sampler("edm_stochastic")
 sample_er_sde = make_sampler("er_sde")
+sample_unipc = make_sampler("unipc")
+sample_deis = make_sampler("deis")
+sample_ipndm = make_sampler("ipndm")
+sample_lms = make_sampler("lms")
+sample_dpmpp_2m_hb = make_sampler("dpmpp_2m_hb")
+sample_plms_hb = make_sampler("plms_hb")
+sample_ghvb = make_sampler("ghvb")
+sample_forward_value = make_sampler("forward_value")
+sample_dpm_solver_v3 = make_sampler("dpm_solver_v3")
 
 
 def __getattr__(attr: str) -> Callable[..., Tensor]:

@@ -27,6 +27,7 @@ by default and count as one NFE, the convention of the sampling literature.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ from .schedules import EDM, EvalPoint, NoiseSchedule
 Prediction = Literal["eps", "x0", "v", "score", "flow", "edm"]
 TimeInput = Literal["t", "sigma", "lambda", "edm"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "score", "flow", "edm")
+_DTYPE_ERROR = re.compile(r"dtype|scalar type|Double|Half|BFloat16|Float\b")
 
 
 def data_from_output(out: Tensor, x: Tensor, point: EvalPoint, prediction: str,
@@ -178,12 +180,25 @@ class Denoiser:
         # round e.g. the discrete timestep 999 to 1000
         t_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         t_vec = torch.full((x_in.shape[0],), time_value, dtype=t_dtype, device=x_in.device)
-        out = self.net(x_in.to(dtype), t_vec, **kwargs)
+        try:
+            out = self.net(x_in.to(dtype), t_vec, **kwargs)
+        except RuntimeError as e:
+            if not _DTYPE_ERROR.search(str(e)):
+                raise
+            raise IncompatibleModelError(
+                f"the network failed on a {str(dtype).replace('torch.', '')} input of shape "
+                f"{tuple(x_in.shape)} ({e}); its weights probably have another dtype: pass "
+                "model_dtype=<the network's dtype> to Denoiser (the solver state keeps its own "
+                "dtype) or cast the network") from e
         if not isinstance(out, Tensor) or out.shape != x_in.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise IncompatibleModelError(
                 f"the network returned {got} for an input of shape {tuple(x_in.shape)}; it must "
                 "return a tensor of the input's shape (drop learned-variance channels first)")
+        if not out.is_floating_point():
+            raise IncompatibleModelError(
+                f"the network returned a {str(out.dtype).replace('torch.', '')} tensor; it "
+                "must return floating-point values (eps, x0, v, ... predictions)")
         return out
 
     def _raw(self, x_in: Tensor, time_value: float) -> Tensor:

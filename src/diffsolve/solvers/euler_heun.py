@@ -6,6 +6,11 @@ convert back to the schedule's scaling with alpha at each node, so they work for
 schedule. Euler in sigma~ is algebraically DDIM (Karras et al. 2022, Sec. 3); Heun is the
 second-order method of the EDM paper's Algorithm 1 (the final step into sigma = 0 is the
 loop's denoising step, which equals Euler there).
+
+Both updates are applied as affine combinations of x and the D's with coefficients folded in
+float64 on the host (derivation in the class docstrings), never through x~ = x/alpha on the
+device: for flow models near t = 1 alpha ~ 1e-5 and x/alpha in float32 lost ~4e-4 relative
+accuracy (found by the diffusers FlowMatchEuler cross-check).
 """
 
 from __future__ import annotations
@@ -13,13 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
+from ..schedules import EvalPoint, NoiseSchedule
 from .base import GridPlan, Solver, StepOutput, register
 
 if TYPE_CHECKING:
     from ..models import Denoiser
     from ..noise import NoiseSource
+
+
+def euler_coefficients(p: EvalPoint, q: EvalPoint) -> tuple[float, float]:
+    """x' = a x + b D for one Euler step p -> q in sigma~: with x~ = x/alpha,
+    x~' = x~ + (s' - s)(x~ - D)/s gives a = sigma'/sigma, b = alpha'(1 - s'/s)."""
+    return q.sigma / p.sigma, q.alpha * (1.0 - q.sigma_edm / p.sigma_edm)
 
 
 @register
@@ -34,14 +47,15 @@ class Euler(Solver):
     order = 1
     reference = "Karras et al. 2022 (arXiv 2206.00364) Alg. 1, line 5"
 
+    def step_coefficients(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
+                          denoise_final: bool) -> tuple[float, float]:
+        return euler_coefficients(points[i], points[i + 1])
+
     def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
              noise: NoiseSource) -> StepOutput:
-        p, q = plan.points[i], plan.points[i + 1]
-        d = model.data(x, p)
-        x_ve = x / p.alpha
-        slope = (x_ve - d) / p.sigma_edm  # dx~/dsigma~, eq. 4
-        return StepOutput(x=q.alpha * (x_ve + (q.sigma_edm - p.sigma_edm) * slope), state=None,
-                          denoised=d)
+        a, b = plan.extra[i]
+        d = model.data(x, plan.points[i])
+        return StepOutput(x=torch.mul(x, a).add_(d, alpha=b), state=None, denoised=d)
 
 
 @register
@@ -49,6 +63,9 @@ class Euler(Solver):
 class Heun(Solver):
     """Heun's second-order method in sigma~ (Karras et al. 2022, Alg. 1, lines 5-8).
 
+    With s = sigma~_i, s' = sigma~_{i+1}, ds = s' - s, the predictor x_p = a x + b D1 is the
+    Euler step and the trapezoidal corrector x~ + ds/2 [(x~ - D1)/s + (x~_p - D2)/s'] folds to
+    x' = (sigma'/sigma) x - alpha' ds (2s' - s)/(2 s s') D1 - alpha' ds/(2 s') D2.
     Order 2; 2 NFE per step.
     """
 
@@ -57,15 +74,21 @@ class Heun(Solver):
     nfe_per_step = 2
     reference = "Karras et al. 2022 (arXiv 2206.00364) Alg. 1"
 
+    def step_coefficients(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
+                          denoise_final: bool) -> tuple[float, ...]:
+        p, q = points[i], points[i + 1]
+        s, s1 = p.sigma_edm, q.sigma_edm
+        ds = s1 - s
+        a, b = euler_coefficients(p, q)
+        c1 = -q.alpha * ds * (2.0 * s1 - s) / (2.0 * s * s1)  # Alg. 1 line 8, folded
+        c2 = -q.alpha * ds / (2.0 * s1)
+        return a, b, c1, c2
+
     def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
              noise: NoiseSource) -> StepOutput:
+        a, b, c1, c2 = plan.extra[i]
         p, q = plan.points[i], plan.points[i + 1]
-        ds = q.sigma_edm - p.sigma_edm
         d = model.data(x, p)
-        x_ve = x / p.alpha
-        slope = (x_ve - d) / p.sigma_edm
-        x_pred = x_ve + ds * slope  # Euler predictor, line 5
-        d_pred = model.data(q.alpha * x_pred, q)
-        slope_pred = (x_pred - d_pred) / q.sigma_edm  # line 7
-        x_next = x_ve + ds * 0.5 * (slope + slope_pred)  # trapezoidal corrector, line 8
-        return StepOutput(x=q.alpha * x_next, state=None, denoised=d)
+        d_pred = model.data(torch.mul(x, a).add_(d, alpha=b), q)  # Euler predictor, line 5
+        x_next = torch.mul(x, a).add_(d, alpha=c1).add_(d_pred, alpha=c2)
+        return StepOutput(x=x_next, state=None, denoised=d)

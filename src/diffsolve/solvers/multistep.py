@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import torch
 from torch import Tensor
 
 from ..expint import exp_lagrange_weights, stage_coefficients
@@ -156,13 +157,14 @@ class MultistepSolver(Solver):
                               denoised=out.denoised)
         d = model.data(x, plan.points[i])
         history = (d, *state)[: self.order]
-        x_next = coeffs.lin * x
+        # fused in place on the fresh product: one pass per term (benchmarks/overhead.py)
+        x_next = torch.mul(x, coeffs.lin)
         for w, d_j in zip(coeffs.weights, history, strict=False):
-            x_next = x_next + w * d_j
+            x_next.add_(d_j, alpha=w)
         if coeffs.noise_std > 0 and noise is not None:
             xi = noise.normal(x, step=i, draw=0, lam_from=plan.points[i].lam,
                               lam_to=plan.points[i + 1].lam)
-            x_next = x_next + (self.s_noise * coeffs.noise_std) * xi
+            x_next.add_(xi, alpha=self.s_noise * coeffs.noise_std)
         return StepOutput(x=x_next, state=history, denoised=d)
 
 

@@ -85,6 +85,7 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor
 
 from ..errors import SolverOptionError
@@ -200,7 +201,7 @@ def correction_delta(corrector: Sequence[float], predictor: Sequence[float],
 
 def _combine(x: Tensor, weights: Sequence[float], history: Sequence[Tensor]) -> Tensor:
     for w, d in zip(weights, history, strict=False):
-        x = x + w * d
+        x = torch.add(x, d, alpha=w)  # x + w d in one pass (x may be the caller's state)
     return x
 
 

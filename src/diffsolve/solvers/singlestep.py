@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import torch
 from torch import Tensor
 
 from ..expint import StageCoefficients, ou_decay, ou_std, stage_coefficients
@@ -111,16 +112,16 @@ def run_stages(i: int, x: Tensor, stages: tuple[Stage, ...], p_s: EvalPoint, mod
     acc = None
     for j, st in enumerate(stages):
         c = st.coeffs
-        u = c.lin * x + c.w0 * f_s
-        if st.ref is not None:
-            slope = (evals[st.ref] - f_s) / st.r
-            u = u + (c.w1 if st.rule == "phi_2" else 0.5 * c.w0) * slope
+        u = torch.mul(x, c.lin).add_(f_s, alpha=c.w0)  # fused, in place on the fresh product
+        if st.ref is not None:  # + w (f_ref - f_s)/r
+            w = c.w1 if st.rule == "phi_2" else 0.5 * c.w0
+            u.add_(evals[st.ref] - f_s, alpha=w / st.r)
         if eta > 0 and noise is not None:
             xi = noise.normal(x, step=i, draw=j, lam_from=st.lam_from, lam_to=st.point.lam)
             if s_noise != 1.0:
                 xi = s_noise * xi
             acc = st.fresh * xi if acc is None else st.decay * acc + st.fresh * xi
-            u = u + acc
+            u.add_(acc)
         if j == len(stages) - 1:
             return StepOutput(x=u, state=None, denoised=d_s)
         d_u = model.data(u, st.point)
@@ -266,6 +267,7 @@ class DPMSolver3(_DPMSolverK):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_range(self.name, "r2", self.r2, 2e-3, 1.0)
         if not (0 < self.r1 < self.r2 <= 1):
             check_range(self.name, "r1 < r2", self.r1, 1e-3, self.r2 - 1e-3)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..expint import stage_coefficients
@@ -60,10 +61,10 @@ def _affine_step(i: int, x: Tensor, coef: AffineStep, plan: GridPlan, model: Den
                  noise: NoiseSource, s_noise: float = 1.0) -> StepOutput:
     p, q = plan.points[i], plan.points[i + 1]
     d = model.data(x, p)
-    out = coef.a * x + coef.b * d
+    out = torch.mul(x, coef.a).add_(d, alpha=coef.b)  # fused, in place on the fresh product
     if coef.c != 0.0 and s_noise != 0.0:
         xi = noise.normal(x, step=i, draw=0, lam_from=p.lam, lam_to=q.lam)
-        out = out + (coef.c * s_noise) * xi
+        out.add_(xi, alpha=coef.c * s_noise)
     return StepOutput(x=out, state=None, denoised=d)
 
 
@@ -535,10 +536,10 @@ class ERSDE(Solver):
         c: ERStep = plan.extra[i]
         d = model.data(x, p)
         history = (d, *state)
-        out = c.a * x
+        out = torch.mul(x, c.a)
         for wj, dj in zip(c.w, history, strict=False):
-            out = out + wj * dj
+            out.add_(dj, alpha=wj)
         if c.c != 0.0 and self.s_noise != 0.0:
             xi = noise.normal(x, step=i, draw=0, lam_from=p.lam, lam_to=q.lam)
-            out = out + (c.c * self.s_noise) * xi
+            out.add_(xi, alpha=c.c * self.s_noise)
         return StepOutput(x=out, state=history[: self.order - 1], denoised=d)

@@ -103,7 +103,14 @@ def load_net(name_or_dir: str | os.PathLike[str], *, device: torch.device | str 
     if "net" not in card:
         raise IncompatibleModelError(f"{str(c)!r} has no 'net' config; not a zoo denoiser card")
     net = build_net(card["net"])
-    state = load_file(str(w), device=str(device) if device is not None else "cpu")
+    try:
+        state = load_file(str(w), device=str(device) if device is not None else "cpu")
+    except Exception as e:  # safetensors raises its own error type for a malformed header
+        raise IncompatibleModelError(
+            f"{str(w)!r} is not a valid safetensors file ({e}); if it is a renamed pickle "
+            "checkpoint (torch.save), it is refused: pickle can run arbitrary code when "
+            "loaded. Convert it in a trusted environment with "
+            "safetensors.torch.save_file(state_dict, 'x.safetensors')") from e
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise IncompatibleModelError(
