@@ -11,7 +11,7 @@ import torch
 
 from diffsolve import DiffsolveError, make_grid, solve
 from diffsolve.bench.models import gmm_model
-from diffsolve.grid_search import SearchedGrid, load_grid, search_grid
+from diffsolve.grid_search import SearchedGrid, load_grid, reference_endpoints, search_grid
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,41 @@ def test_search_solvers_returns_the_best_candidate(setup):
               for name in ("ddim", "dpmpp_2m")}
     assert best.solver == min(single, key=single.get)
     assert best.objective["final"] == pytest.approx(min(single.values()), rel=1e-12)
+
+
+def test_step_order_caps_reduce_to_known_methods():
+    _gmm, model = gmm_model()
+    grid = make_grid("karras", 8, model.schedule)
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    x = x * grid.sigmas[0]
+
+    def run(solver, **opts):
+        return solve(model, x, grid, solver, progress=False, **opts).x
+
+    torch.testing.assert_close(run("dpmpp_3m", step_order_caps=(3,) * 7), run("dpmpp_3m"),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(run("dpmpp_3m", step_order_caps=(1,) * 7), run("ddim"),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(run("dpmpp_3m", step_order_caps=(2,) * 7),
+                               run("dpmpp_2m", lower_order_final=True), rtol=1e-12, atol=1e-12)
+    with pytest.raises(DiffsolveError, match="7 steps"):
+        run("dpmpp_3m", step_order_caps=(3,) * 5)
+    with pytest.raises(DiffsolveError, match="out of range"):
+        run("dpmpp_2m", step_order_caps=(3,) * 7)
+
+
+def test_per_step_order_search(setup):
+    """S^3's second dimension: the per-step orders, searched after the grid. The stored
+    solver options rebuild the solver, and re-solving reproduces the recorded objective."""
+    _gmm, model, calib, _ = setup
+    with_orders = search_grid(model, "dpmpp_3m", 5, calib, max_evals=80, search_orders=True)
+    obj = with_orders.objective
+    assert obj["final"] <= obj["grid_only"] <= obj["initial"]
+    caps = with_orders.solver_options["step_order_caps"]
+    assert len(caps) == 4 and all(1 <= c <= 3 for c in caps)
+    ref, _ = reference_endpoints(model, calib)
+    out = solve(model, calib * with_orders.sigmas[0], with_orders.grid, with_orders.solver,
+                progress=False, **with_orders.solver_options).x
+    assert math.isclose(float(((out - ref) ** 2).mean().sqrt()), obj["final"], rel_tol=1e-9)
+    with pytest.raises(DiffsolveError, match="per-step order"):
+        search_grid(model, "heun", 5, calib, search_orders=True)

@@ -27,9 +27,14 @@ The result (:class:`SearchedGrid`) is saved as JSON (sigmas, decreasing, ending 
 used with ``solve(model, x, searched.grid, solver)`` or ``Grid.from_lambdas(searched.lams)``,
 or from the CLI: ``diffsolve sample --grid path.json``.
 
-Left out: S^3's per-step choice of solver order / predictor-corrector family (we search the
-grid for one fixed solver; :func:`search_solvers` picks the best of several solvers, each
-with its own searched grid).
+Per-step solver choice (S^3's second search dimension), ``search_orders=True``: for the
+data-prediction multistep family (``dpmpp_2m``, ``dpmpp_3m`` and their SDE forms, option
+``step_order_caps``) a coordinate search over the order of each step o_k in {1..p} follows
+the grid search: each sweep tries every order at every step, keeps improvements, and stops
+after a sweep without one (at most ``order_sweeps``). The result stores the caps in
+``solver_options`` so ``get_solver(sg.solver, **sg.solver_options)`` rebuilds the solver.
+Predictor-corrector family choice is left out: :func:`search_solvers` picks the best of
+several solvers, each with its own searched grid.
 """
 
 from __future__ import annotations
@@ -138,6 +143,7 @@ def search_grid(model: Denoiser, solver: str, nfe: int, noise: Tensor, *,
                 reference: Tensor | None = None, reference_nfe: int = 301,
                 init: str = "karras", solver_options: dict[str, Any] | None = None,
                 max_evals: int = 200, delta0: float = 0.5, delta_min: float = 0.03,
+                search_orders: bool = False, order_sweeps: int = 2,
                 ) -> SearchedGrid:
     """Search the grid of ``solver`` at ``nfe`` evaluations that minimises eq. (2).
 
@@ -151,9 +157,15 @@ def search_grid(model: Denoiser, solver: str, nfe: int, noise: Tensor, *,
         init: named grid to start from.
         solver_options: options of the solver.
         max_evals, delta0, delta_min: compass-search budget and step sizes (in u = log step).
+        search_orders: then search the order of every step (solvers with ``step_order_caps``).
+        order_sweeps: at most this many coordinate sweeps over the step orders.
     """
     options = dict(solver_options or {})
     s = get_solver(solver, **options)
+    if search_orders and "step_order_caps" not in s.options():
+        raise DiffsolveError(
+            f"{solver} has no per-step order option (step_order_caps); search_orders needs a "
+            "data-prediction multistep solver such as dpmpp_2m or dpmpp_3m")
     steps = steps_for_nfe(s, nfe)  # includes the final denoise interval
     if steps < 2:
         raise DiffsolveError(f"{solver} at {nfe} NFE leaves no finite step to search")
@@ -169,14 +181,17 @@ def search_grid(model: Denoiser, solver: str, nfe: int, noise: Tensor, *,
     n0 = model.nfe
     cache: dict[tuple[float, ...], float] = {}
 
-    def objective(v: Tensor) -> float:
-        key = tuple(round(float(a), 12) for a in v)
+    def objective(v: Tensor, caps: tuple[int, ...] | None = None) -> float:
+        key = (*tuple(round(float(a), 12) for a in v), caps)
         if key not in cache:
             lams = _lams_from_u(v, lam0, lam_max)
             grid = Grid(torch.cat([lams, lams.new_full((1,), math.inf)]))
+            solver_k = s if caps is None else get_solver(solver, **options,
+                                                         step_order_caps=caps)
             with torch.no_grad():
                 try:
-                    out = solve(model, x_t, grid, s, progress=False, check_finite="off").x
+                    out = solve(model, x_t, grid, solver_k, progress=False,
+                                check_finite="off").x
                     err = float(((out - reference) ** 2).mean().sqrt())
                 except DiffsolveError:
                     err = math.inf
@@ -200,12 +215,29 @@ def search_grid(model: Denoiser, solver: str, nfe: int, noise: Tensor, *,
                     break
         if not improved:
             delta /= 2
+    grid_only = best
+    if search_orders:
+        caps = [s.order] * len(u)
+        for _ in range(order_sweeps):
+            improved = False
+            for k in range(len(caps)):
+                for o in range(1, s.order + 1):
+                    if o == caps[k]:
+                        continue
+                    trial_caps = (*caps[:k], o, *caps[k + 1:])
+                    val = objective(u, trial_caps)
+                    if val < best:
+                        best, caps, improved = val, list(trial_caps), True
+            if not improved:
+                break
+        options["step_order_caps"] = list(caps)
     lams = _lams_from_u(u, lam0, lam_max)
     sigmas = [math.exp(-float(v)) for v in lams] + [0.0]
     search_nfe = model.nfe - n0
     return SearchedGrid(
         solver=solver, nfe=nfe, sigmas=sigmas, solver_options=_jsonable(options),
-        objective={"initial": initial, "final": best, "init_grid": init},  # type: ignore[dict-item]
+        objective={"initial": initial, "grid_only": grid_only, "final": best,  # type: ignore[dict-item]
+                   "init_grid": init},
         calibration={"samples": int(noise.shape[0]), "evaluations": len(cache),
                      "search_nfe": int(search_nfe), "reference_nfe": int(ref_nfe),
                      "total_nfe": int(search_nfe + ref_nfe),

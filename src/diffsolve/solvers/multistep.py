@@ -27,7 +27,8 @@ single-step exponential RK of the same order (DPM-Solver++(2S)/(3S), (order - 1)
 each), which restores the nominal global order. ``lower_order_final`` (default
 True, as DPM-Solver++ and diffusers for fewer than 15 steps) caps the order of the last steps
 so that the final update (the denoising step when the grid ends at sigma = 0) is first order
-and the one before at most second order.
+and the one before at most second order. ``step_order_caps`` (one entry per finite step) caps
+the order of each step individually, e.g. as searched by :mod:`diffsolve.grid_search`.
 """
 
 from __future__ import annotations
@@ -35,12 +36,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import SolverOptionError
 from ..expint import exp_lagrange_weights, stage_coefficients
 from ..schedules import EvalPoint, NoiseSchedule
-from .base import GridPlan, Solver, StepOutput, check_choice, check_sde_options, register
+from .base import (
+    GridPlan,
+    Solver,
+    StepOutput,
+    check_choice,
+    check_range,
+    check_sde_options,
+    register,
+)
 from .singlestep import Stage, build_stages, run_stages, stage_table
 
 if TYPE_CHECKING:
@@ -113,9 +124,34 @@ class MultistepSolver(Solver):
 
     lower_order_final: bool = True
     warmup: Literal["lower_order", "singlestep"] = "lower_order"
+    step_order_caps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.name, "warmup", self.warmup, ("lower_order", "singlestep"))
+        if self.step_order_caps is not None:
+            raw = self.step_order_caps
+            if isinstance(raw, str | bytes) or not hasattr(raw, "__iter__"):
+                raise SolverOptionError(
+                    f"{self.name}: step_order_caps must be a sequence of ints, got {raw!r}")
+            caps = tuple(raw)
+            for c in caps:
+                if isinstance(c, bool) or not isinstance(c, int | np.integer):
+                    raise SolverOptionError(
+                        f"{self.name}: step_order_caps entries must be ints, got {c!r}")
+                check_range(self.name, "step_order_caps entry", int(c), 1, self.order)
+            caps = tuple(int(c) for c in caps)
+            object.__setattr__(self, "step_order_caps", caps)
+
+    def _capped(self, orders: list[int]) -> list[int]:
+        """Per-step order caps (e.g. found by :func:`diffsolve.grid_search.search_grid` with
+        ``search_orders=True``, S^3's per-step solver choice)."""
+        caps = self.step_order_caps
+        if caps is None:
+            return orders
+        if len(caps) != len(orders):
+            raise SolverOptionError(
+                f"{self.name}: step_order_caps has {len(caps)} entries for {len(orders)} steps")
+        return [min(o, c) for o, c in zip(orders, caps, strict=True)]
 
     @property
     def eta(self) -> float:
@@ -132,9 +168,10 @@ class MultistepSolver(Solver):
     def plan(self, schedule: NoiseSchedule, lams: Tensor, *, denoise_final: bool = False,
              ) -> GridPlan:
         base = super().plan(schedule, lams, denoise_final=denoise_final)
-        orders = step_orders(self.order, base.steps, denoise_final, self.lower_order_final)
-        capped = step_orders(self.order, base.steps, denoise_final, self.lower_order_final,
-                             warmup_ramp=False)
+        orders = self._capped(step_orders(self.order, base.steps, denoise_final,
+                                          self.lower_order_final))
+        capped = self._capped(step_orders(self.order, base.steps, denoise_final,
+                                          self.lower_order_final, warmup_ramp=False))
         extra: list[MultistepCoefficients | tuple[Stage, ...]] = []
         for i, o in enumerate(orders):
             if self.warmup == "singlestep" and i < self.order - 1 and capped[i] > 1:
