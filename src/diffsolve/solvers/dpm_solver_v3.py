@@ -220,7 +220,14 @@ class DPMSolverV3(Solver):
 
 
 def _on(c: Coef, like: Tensor) -> Coef:
-    return c if isinstance(c, float) else c.to(device=like.device, dtype=like.dtype)
+    return c if isinstance(c, float) else _moved(c, like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=512)
+def _moved(c: Tensor, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A plan's per-feature coefficient on the state's device/dtype, copied once per run
+    configuration instead of at every step (the cache holds ``c``, so its identity is stable)."""
+    return c.to(device=device, dtype=dtype)
 
 
 def _apply(u: V3Update, hist: dict[int, tuple[Tensor, Tensor]], like: Tensor) -> Tensor:
@@ -233,7 +240,7 @@ def _apply(u: V3Update, hist: dict[int, tuple[Tensor, Tensor]], like: Tensor) ->
     const = u.const
     if isinstance(const, float):
         return out + const if const != 0.0 else out
-    return out + const.to(device=like.device, dtype=like.dtype)
+    return out + _moved(const, like.device, like.dtype)
 
 
 def statistics_shape_check(ems: EMS, x: Tensor) -> None:
