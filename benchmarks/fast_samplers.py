@@ -42,7 +42,7 @@ from diffsolve.bench.runner import (
 )
 from diffsolve.grid_search import SearchedGrid, reference_endpoints, search_grid
 from diffsolve.solvers import get_solver, list_solvers, solver_class
-from diffsolve.v3_statistics import EMS, compute_statistics
+from diffsolve.tools.v3_calibration import EMS, compute_statistics
 
 FORMAT = "diffsolve-bench-v1"
 BASELINE = "dpmpp_3m"
@@ -70,7 +70,7 @@ class Variant:
 
 
 def variants(model_name: str) -> list[Variant]:
-    rows = [Variant(n, n) for n in list_solvers() if not solver_class(n).stochastic]
+    rows = [Variant(n, n) for n in list_solvers() if not get_solver(n).stochastic]
     rows.append(Variant("dpm_solver_v3+ems", "dpm_solver_v3", ems=True))
     rows.append(Variant("dpm_solver_v3+ems(pseudo)", "dpm_solver_v3", ems=True,
                         options={"pseudo": True}))
@@ -86,14 +86,14 @@ def variants(model_name: str) -> list[Variant]:
 
 def code_hash(variant: Variant) -> str:
     """Hash of the source files a variant's results depend on (a changed solver is re-run)."""
-    import diffsolve.grid_search
-    import diffsolve.v3_statistics
+    import diffsolve.solvers.engines.model_statistics as v3_statistics
+    import diffsolve.tools.grid_search as grid_search
 
     mods = [inspect.getmodule(solver_class(variant.solver))]
     if variant.ems:
-        mods.append(diffsolve.v3_statistics)
+        mods.append(v3_statistics)
     if variant.grid == "searched":
-        mods.append(diffsolve.grid_search)
+        mods.append(grid_search)
     h = hashlib.sha1()
     for m in mods:
         h.update(inspect.getsource(m).encode())

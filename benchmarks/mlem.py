@@ -5,10 +5,10 @@ Parts (each cached in ``<out>/mlem.json``; rerunning skips finished parts):
 
 * ``gaussian``: exact-moment computation (no Monte Carlo) on the one-component analytic
   mixture with synthetic levels of known error/cost law (gamma = 2.5 and 3):
-  :func:`diffsolve.mlem.gaussian_exact_cost_accuracy`.
+  :func:`diffsolve.bench.mlem_experiments.gaussian_exact_cost_accuracy`.
 * ``mixture``: Monte Carlo on the 2-D multimodal mixture (``GaussianMixture.default_2d``)
   with synthetic levels: strong error against a fine exact-drift EM path and exact-moment
-  FD, for EM, ML-EM and SEEDS-2 (:func:`diffsolve.mlem.synthetic_cost_accuracy`).
+  FD, for EM, ML-EM and SEEDS-2 (:func:`diffsolve.bench.mlem_experiments.synthetic_cost_accuracy`).
 * ``digits``: the trained hierarchy ``hier_digits_w{4,8,16,32}`` (FLOPs per call from the
   cards), classifier-feature FD against all 1797 digits, for EM and SEEDS-2 with w32 and
   ML-EM with the four levels; speedup of ML-EM over EM at equal FD by log-log interpolation
@@ -30,16 +30,11 @@ from typing import Any
 
 import torch
 
+from diffsolve import initial_noise, solve
 from diffsolve.bench.metrics import batched_features, frechet_distance, sample_moments
+from diffsolve.bench.mlem_experiments import gaussian_exact_cost_accuracy, synthetic_cost_accuracy
+from diffsolve.drivers.mlem import Level, level_probabilities, mlem_solve
 from diffsolve.grids import make_grid
-from diffsolve.mlem import (
-    Level,
-    gaussian_exact_cost_accuracy,
-    level_probabilities,
-    mlem_solve,
-    synthetic_cost_accuracy,
-)
-from diffsolve.sample import initial_noise, solve
 from diffsolve.solvers import get_solver
 
 
@@ -128,7 +123,7 @@ def part_digits(res: dict[str, Any], path: Path, full: dict[str, Any], n: int,
         record(f"em_{steps}", em)
         def seeds(nfe: int = steps) -> dict[str, Any]:
             sv = get_solver("seeds_2")
-            grid = make_grid("karras", (nfe - 1) // sv.nfe_per_step + 1, top.schedule)
+            grid = make_grid("karras", sv.steps_for_nfe(nfe), top.schedule)
             x = grid_sigma0(grid, top) * noise
             t0 = time.perf_counter()
             r = solve(top, x, grid, sv, seed=1, progress=False)

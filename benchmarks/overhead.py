@@ -133,9 +133,9 @@ def runners(name: str, shape: tuple[int, ...], steps: int, kd: types.ModuleType 
 
     out["diffsolve"] = ours("off")
     out["diffsolve+check"] = ours("auto")
-    from diffsolve.solvers import solver_class
+    from diffsolve.solvers import get_solver
 
-    if solver_class(name).stochastic:
+    if get_solver(name).stochastic:
         out["diffsolve randn"] = ours("off", noise=lambda s, sn: torch.randn_like(x0))
     if kd is not None and name in KDIFF:
         fn = getattr(kd, KDIFF[name])

@@ -25,7 +25,7 @@ import diffsolve
 from diffsolve.bench.metrics import moment_frechet_distance
 from diffsolve.bench.models import erroneous_model
 from diffsolve.schedules import EDM
-from diffsolve.solvers import solver_class
+from diffsolve.solvers import get_solver
 from diffsolve.zoo import GaussianMixture
 
 NFE_DEFAULT = [5, 8, 12, 20, 35, 50, 100, 200, 500]
@@ -67,8 +67,7 @@ def main() -> None:
                                 "machine": platform.machine()}, "solvers": {}}
     cells = [(m, s) for m in models for s in names]
     for model_name, name in tqdm(cells, desc="solver x model"):
-        cls = solver_class(name)
-        row = {"nfe": [], "fd": [], "seconds": [], "stochastic": cls.stochastic}
+        row = {"nfe": [], "fd": [], "seconds": [], "stochastic": get_solver(name).stochastic}
         for nfe in nfes:
             try:
                 steps = diffsolve.steps_for_nfe(diffsolve.get_solver(name), nfe)

@@ -21,7 +21,8 @@ from diffsolve import Grid, SolverOptionError, make_grid, solve
 from diffsolve.bench.models import gmm_model
 from diffsolve.expint import phi
 from diffsolve.schedules import EDM, VPLinear
-from diffsolve.solvers.multistep import adams_coefficients, step_orders
+from diffsolve.solvers.dpmpp_multistep import adams_step as adams_coefficients
+from diffsolve.solvers.engines.history import step_orders
 from diffsolve.v3_statistics import EMS, StepIntegrals, compute_statistics, gaussian_statistics
 from diffsolve.zoo import GaussianMixture
 

@@ -8,21 +8,20 @@ import math
 import pytest
 import torch
 
-from diffsolve.errors import SolverOptionError
-from diffsolve.grids import make_grid
-from diffsolve.mlem import (
+from diffsolve import solve
+from diffsolve.bench.mlem_experiments import gaussian_exact_cost_accuracy, synthetic_gmm_levels
+from diffsolve.drivers.mlem import (
     Level,
     expected_cost_per_sample,
     fit_exponent,
     fit_gamma,
-    gaussian_exact_cost_accuracy,
     level_errors,
     level_probabilities,
     mlem_solve,
     multilevel_data,
-    synthetic_gmm_levels,
 )
-from diffsolve.sample import solve
+from diffsolve.errors import SolverOptionError
+from diffsolve.grids import make_grid
 
 
 @pytest.fixture(scope="module")

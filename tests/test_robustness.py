@@ -95,7 +95,7 @@ def test_nonfinite_model_output_names_step_and_sigma(check: str, solver: str) ->
     sigmas = [10.0, 5.0, 2.0, 1.0, 0.5, 0.0]
     with pytest.raises(NonFiniteError, match=r"step \d+ \(sigma=[0-9.]+\)") as info:
         sample(_net_model(net), (2, 2), grid=sigmas, solver=solver, check_finite=check)
-    nfe_per_step = solver_class(solver).nfe_per_step
+    nfe_per_step = get_solver(solver).steady_evaluations
     expect_step = 2 // nfe_per_step  # the 3rd call belongs to this step
     assert info.value.step == expect_step
     assert info.value.sigma == pytest.approx(sigmas[expect_step], rel=1e-6)

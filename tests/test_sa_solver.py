@@ -460,8 +460,8 @@ def test_nfe_counts(options, per_finite):
                                     ([20.0, 0.0], 0, 1), ([20.0, 1.0, 0.0], 1, 1)):
         model.reset_nfe()
         res = solve(model, x, Grid.from_sigmas(sigmas, schedule), solver, progress=False)
-        assert res.nfe == model.nfe == solver.nfe(finite) + denoise
-        assert solver.nfe(finite) == (per_finite(finite) if finite else 0)
+        assert res.nfe == model.nfe == solver.nfe(finite, denoise_final=bool(denoise))
+        assert solver.nfe(finite, denoise_final=False) == (per_finite(finite) if finite else 0)
         assert torch.isfinite(res.x).all()
 
 

@@ -17,7 +17,8 @@ from diffsolve.models import Denoiser
 from diffsolve.noise import GivenNoise, ZeroNoise
 from diffsolve.schedules import EDM, VE, DiscreteVP, RectifiedFlow, VPCosine, VPLinear
 from diffsolve.solvers import get_solver
-from diffsolve.solvers.stochastic import er_log_phi, er_taylor_weights, log_rates
+from diffsolve.solvers.ancestral import log_rates
+from diffsolve.solvers.er_sde import er_log_phi, er_taylor_weights
 from diffsolve.zoo import GaussianMixture
 
 SIGMA_MAX, SIGMA_MIN = 10.0, 0.1

@@ -11,8 +11,9 @@ Quick start::
     result = diffsolve.sample(model, (1000, 2), solver="dpmpp_2m", nfe=10)
 """
 
-from . import grids, schedules
-from .errors import (
+from . import _aliases  # noqa: F401  (old module paths keep working)
+from .core import VERSION, grids, schedules
+from .core.errors import (
     DiffsolveError,
     GridError,
     IncompatibleModelError,
@@ -20,12 +21,12 @@ from .errors import (
     ScheduleError,
     SolverOptionError,
 )
-from .grids import Grid, make_grid
-from .models import Denoiser
-from .sample import SampleResult, initial_noise, sample, solve, steps_for_nfe
+from .core.grids import Grid, make_grid
+from .core.models import Denoiser
+from .drivers.loop import SampleResult, initial_noise, sample, solve, steps_for_nfe
 from .solvers import get_solver, list_solvers
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "Denoiser",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .solvers import list_solvers
+from .solvers import get_solver, list_solvers
 
 DEFAULT_SOLVER = "dpmpp_2m"
 
@@ -66,8 +66,8 @@ def _plot_digits(x: torch.Tensor, out: Path, title: str, labels: list[str] | Non
 
 
 def _sample_model(args: argparse.Namespace):
-    from .sample import sample
-    from .schedules import EDM
+    from .core.schedules import EDM
+    from .drivers.loop import sample
     from .zoo import GaussianMixture
     from .zoo.pretrained import list_models, load_model
 
@@ -84,7 +84,7 @@ def _sample_model(args: argparse.Namespace):
                          f"{', '.join(list_models())}")
     grid = args.grid
     if str(grid).endswith(".json"):  # a searched grid file (diffsolve.grid_search)
-        from .grid_search import load_grid
+        from .tools.grid_search import load_grid
 
         grid = load_grid(grid)
     start = time.perf_counter()
@@ -139,19 +139,29 @@ def _plot_gmm_free(samples: torch.Tensor, out: Path, title: str) -> None:
 
 
 def cmd_solvers(args: argparse.Namespace) -> int:
-    from .solvers import solver_class
+    from .solvers import catalog, solver_class
+
+    if args.markdown_update:
+        path = Path(args.markdown_update)
+        path.write_text(catalog.replace_in(path.read_text()))
+        print(f"solver tables updated in {path}")
+        return 0
+    if args.markdown:
+        print(catalog.markdown_tables())
+        return 0
 
     print(f"{'name':16s} {'order':>5s} {'NFE/step':>8s} {'stochastic':>10s}  reference")
     for name in list_solvers():
         cls = solver_class(name)
-        print(f"{name:16s} {cls.order:5d} {cls.nfe_per_step:8d} {cls.stochastic!s:>10s}  "
+        s = get_solver(name)
+        print(f"{name:16s} {s.order:5d} {s.steady_evaluations:8d} {s.stochastic!s:>10s}  "
               f"{cls.reference}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench.runner import DEFAULT_SAMPLES, run_benchmark
-    from .errors import DiffsolveError
+    from .core.errors import DiffsolveError
 
     try:
         nfes = [int(v) for v in args.nfe.split(",") if v.strip()]
@@ -178,8 +188,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """``diffsolve generate``: sharded, resumable generation (torchrun-aware)."""
     import os
 
-    from .errors import DiffsolveError
-    from .generate import generate
+    from .core.errors import DiffsolveError
+    from .tools.generate import generate
 
     try:
         res = generate(args.model, args.n, args.out, solver=args.solver, nfe=args.nfe,
@@ -231,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
     s = sub.add_parser("solvers", help="list solvers with order, NFE per step and source")
+    s.add_argument("--markdown", action="store_true",
+                   help="print the solver tables as markdown (README's)")
+    s.add_argument("--markdown-update", metavar="FILE",
+                   help="rewrite the generated solver tables inside FILE (e.g. README.md)")
     s.set_defaults(func=cmd_solvers)
     b = sub.add_parser("bench", help="benchmark solvers x NFE budgets on a built-in model "
                        "(resumable; writes results.json, report.md and PNG plots)")

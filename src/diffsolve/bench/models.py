@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from ..models import Denoiser
-from ..schedules import EDM
+from ..core.models import Denoiser
+from ..core.schedules import EDM
 from ..zoo import GaussianMixture
 
 GMM_SCHEDULE = (0.002, 80.0)

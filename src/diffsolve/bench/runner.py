@@ -52,9 +52,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import DiffsolveError, NonFiniteError, SolverOptionError
-from ..models import Denoiser
-from ..sample import sample, steps_for_nfe
+from ..core.errors import DiffsolveError, NonFiniteError, SolverOptionError
+from ..core.models import Denoiser
+from ..drivers.loop import sample, steps_for_nfe
 from ..solvers import get_solver, list_solvers, solver_class
 from .metrics import (
     batched_features,
@@ -249,7 +249,7 @@ def environment() -> tuple[dict[str, Any], dict[str, Any]]:
     """(versions, hardware) of this process."""
     import numpy as np
 
-    from .. import __version__
+    from ..core import VERSION as __version__
 
     versions = {"diffsolve": __version__, "torch": torch.__version__,
                 "numpy": np.__version__, "python": platform.python_version()}
@@ -302,11 +302,11 @@ def _ode_reference(task: BenchTask, samples: int, seed: int, grid: str, device: 
 def _run_cell(task: BenchTask, solver: str, nfe: int, samples: int, seed: int, grid: str,
               device: str, setup: dict[str, Any],
               reference: Callable[[], Tensor] | None) -> dict[str, Any]:
-    cls = solver_class(solver)
+    cls = get_solver(solver)  # declared order / cost of the configured (default) solver
     cell: dict[str, Any] = {
         "model": task.name, "solver": solver, "nfe": nfe, "samples": samples, "seed": seed,
         "stochastic": bool(cls.stochastic), "order": int(cls.order),
-        "nfe_per_step": int(cls.nfe_per_step), "setup": setup}
+        "nfe_per_step": int(cls.steady_evaluations), "setup": setup}
     try:
         steps = steps_for_nfe(get_solver(solver), nfe)
     except SolverOptionError as e:

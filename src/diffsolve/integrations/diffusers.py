@@ -46,13 +46,13 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
         "diffsolve.integrations.diffusers needs diffusers: pip install 'diffsolve[diffusers]'"
     ) from exc
 
-from ..errors import IncompatibleModelError, SolverOptionError
-from ..grids import Grid, karras, uniform_lambda
-from ..models import Denoiser, data_from_output
-from ..noise import PerSampleStreams
-from ..schedules import EvalPoint, NoiseSchedule
+from ..core.errors import IncompatibleModelError, SolverOptionError
+from ..core.grids import Grid, karras, uniform_lambda
+from ..core.models import Denoiser, data_from_output
+from ..core.noise import PerSampleStreams
+from ..core.schedules import EvalPoint, NoiseSchedule
+from ..drivers.stepper import Stepper, evaluation_plan
 from ..solvers import get_solver
-from ..stepper import Stepper, evaluation_plan
 from .diffusers_config import (
     as_config,
     flow_sigmas,
@@ -164,8 +164,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
     # diffusers surface ------------------------------------------------------------------------
     @property
     def order(self) -> int:
-        """Model evaluations per solver step (diffusers uses it for its progress bar)."""
-        return self.solver.nfe_per_step
+        """Model evaluations of a solver step past the warm-up (diffusers uses it for its
+        progress bar), from the solver's declared cost."""
+        return self.solver.steady_evaluations
 
     @property
     def step_index(self) -> int | None:

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import IncompatibleModelError
-from ..schedules import DiscreteVP, NoiseSchedule, RectifiedFlow
+from ..core.errors import IncompatibleModelError
+from ..core.schedules import DiscreteVP, NoiseSchedule, RectifiedFlow
 
 FLOW_T_MAX = 1.0 - 1e-5  # t = 1 is lambda = -inf; the first node is moved this close to it
 FLOW_T_MIN = 1e-6

@@ -17,14 +17,14 @@ l_j the Lagrange basis in v on v_i, ..., v_{i-p+1}. ``basis`` picks v:
 
 * "t" (default; the paper's tAB-DEIS): the schedule's own time t (t = sigma for EDM,
   so there tAB = rhoAB);
-* "rho": v = rho = sigma~ (rhoAB-DEIS) -- identical to k-diffusion's LMS (:mod:`.linear_multistep`);
+* "rho": v = rho = sigma~ (rhoAB-DEIS) -- identical to k-diffusion's LMS (:mod:`.lms_ipndm`);
 * "log_rho": v = log rho = -lambda -- what diffusers' ``DEISMultistepScheduler`` implements
   ("logrho"); equal to the noise-form exponential Adams method.
 
 The weights are computed on the host at plan time in float64 by Gauss-Legendre quadrature
 in lambda (``QUAD_NODES`` nodes per step, one vectorised t(lambda) call per step), with the
 Lagrange basis evaluated on normalised nodes (v - v_i)/(v_{i+1} - v_i). Order 1 is DDIM
-for every basis. Warm-up as in :mod:`.linear_multistep` (lower-order start: globally O(h^2)
+for every basis. Warm-up from the multistep engine (lower-order start: globally O(h^2)
 for order 3; ``warmup="singlestep"`` restores order 3).
 """
 
@@ -36,9 +36,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..schedules import EvalPoint, NoiseSchedule
+from ..core.schedules import EvalPoint, NoiseSchedule
 from .base import check_choice, register
-from .linear_multistep import EpsMultistepSolver
+from .engines.history import WARMUPS, HistorySolver, LinearStep
 
 Basis = Literal["t", "rho", "log_rho"]
 QUAD_NODES = 16
@@ -80,7 +80,7 @@ def deis_weights(schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
 
 @register
 @dataclass(frozen=True)
-class DEIS(EpsMultistepSolver):
+class DEIS(HistorySolver):
     """AB-DEIS (Zhang & Chen 2023, tAB/rhoAB-DEIS): exponential Adams-Bashforth on eps.
 
     1 NFE per step (+1-2 per warm-up step with ``warmup="singlestep"``).
@@ -94,16 +94,23 @@ class DEIS(EpsMultistepSolver):
     """
 
     name = "deis"
-    order = 3
+    title = "DEIS tAB-1..3 (also ρAB, log-ρ)"
     reference = "Zhang & Chen 2023 (arXiv 2204.13902), AB-DEIS (tAB / rhoAB)"
-    max_order = 3
+    history_form = "noise"
     solver_order: int = 3
     basis: Basis = "t"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        check_choice(self.name, "solver_order", self.solver_order, (1, 2, 3))
+        check_choice(self.name, "warmup", self.warmup, WARMUPS)
         check_choice(self.name, "basis", self.basis, ("t", "rho", "log_rho"))
 
-    def eps_weights(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
-                    order: int) -> tuple[float, ...]:
-        return deis_weights(schedule, points, i, order, self.basis)
+    @property
+    def history_order(self) -> int:
+        return int(self.solver_order)
+
+    def multistep_step(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
+                       order: int) -> LinearStep:
+        p_s, p_t = points[i], points[i + 1]
+        c = deis_weights(schedule, points, i, order, self.basis)
+        return LinearStep(lin=p_t.alpha / p_s.alpha, weights=tuple(p_t.alpha * w for w in c))

@@ -1,8 +1,9 @@
 r"""DPM-Solver-v3 (Zheng, Lu, Chen, Zhu 2023, arXiv 2310.13268): multistep predictor-corrector
-on the ODE reparameterised by empirical model statistics (EMS, :mod:`diffsolve.v3_statistics`).
+on the ODE reparameterised by empirical model statistics (EMS,
+:mod:`~diffsolve.solvers.engines.model_statistics`).
 
 With y = x/alpha, f = (1 - l) y - D and g the rescaled f of v3 eq. (9) (see
-``v3_statistics``), the exact solution from lambda_s to lambda_t is (v3 eq. 10)
+``model_statistics``), the exact solution from lambda_s to lambda_t is (v3 eq. 10)
 
     y_t = e^{-(L_t - L_s)} y_s - int_s^t e^{-(L_t - L_u) + S_u - S_s} [g(u) + B_s(u)] du.
 
@@ -11,7 +12,8 @@ Taylor-expanding g at lambda_s to order n - 1 gives the n-th order update (v3 eq
     y_t = decay y_s - sum_{k<n} c_k g^(k)(lambda_s) - c_b,
     c_k = int_s^t e^{-(L_t - L_u) + S_u - S_s} (u - lambda_s)^k / k! du,
 
-computed exactly for the piecewise-linear EMS (:class:`~diffsolve.v3_statistics.StepIntegrals`).
+computed exactly for the piecewise-linear EMS (engine
+:class:`~diffsolve.solvers.engines.model_statistics.StepIntegrals`).
 The derivatives come from the values g_j = E_j f_j - B_s(lambda_j) at the previous nodes
 (multistep, v3 Sec. 3.3 / eq. 15): "exact" fits the interpolating polynomial through all n
 nodes (v3's full-order estimate), ``pseudo=True`` uses the v3 "pseudo-order" estimate
@@ -49,16 +51,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import SolverOptionError
-from ..expint import lagrange_monomials
-from ..schedules import NoiseSchedule
-from ..v3_statistics import EMS, StepIntegrals, _Piecewise
-from .base import GridPlan, Solver, StepOutput, check_choice, check_range, register
-from .multistep import step_orders
+from ..core.errors import SolverOptionError
+from ..core.expint import lagrange_monomials
+from ..core.schedules import NoiseSchedule
+from .base import (
+    GridPlan,
+    Solver,
+    StepOutput,
+    check_choice,
+    check_range,
+    register,
+    uniform_evaluations,
+)
+from .engines.history import step_orders
+from .engines.model_statistics import EMS, StepIntegrals, _Piecewise
 
 if TYPE_CHECKING:
-    from ..models import Denoiser
-    from ..noise import NoiseSource
+    from ..core.models import Denoiser
+    from ..core.noise import NoiseSource
 
 Coef = float | Tensor
 
@@ -163,7 +173,7 @@ class DPMSolverV3(Solver):
     """
 
     name = "dpm_solver_v3"
-    order = 3
+    title = "DPM-Solver-v3 with empirical model statistics"
     reference = "Zheng, Lu, Chen, Zhu 2023 (arXiv 2310.13268) eq. 9-15, Alg. 1"
     statistics: Any = None
     predictor_order: int = 3
@@ -175,6 +185,20 @@ class DPMSolverV3(Solver):
         check_range(self.name, "predictor_order", self.predictor_order, 1, 4)
         check_choice(self.name, "corrector", self.corrector, ("all", "half", "none"))
         resolve_statistics(self.statistics)
+
+    @property
+    def order(self) -> int:
+        """Predictor order p, +1 with the corrector; the lower-order start bounds it (a first
+        interval corrected at order 2 has local error O(h^3); uncorrected O(h^2))."""
+        p = self.predictor_order
+        if self.corrector == "none":
+            return min(p, 2)
+        if self.corrector == "half":  # the second half is predictor-only
+            return min(p, 3)
+        return min(p + 1, 3)
+
+    def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
+        return uniform_evaluations(1, steps)
 
     def plan(self, schedule: NoiseSchedule, lams: Tensor, *, denoise_final: bool = False,
              ) -> GridPlan:
@@ -196,7 +220,7 @@ class DPMSolverV3(Solver):
                 corr = update_coefficients(pw, shape, schedule, nodes, lam, i - 1, i, False)
             keep = (1.0 - pw.value("l", np.array([lam[i]]))[0]) / base.points[i].alpha
             steps.append(V3Step(pred, corr, _coef(keep, shape)))
-        return GridPlan(points=base.points, h=base.h, extra=tuple(steps))
+        return base.with_extra(steps)
 
     def init_state(self, x: Tensor, plan: GridPlan) -> dict[int, tuple[Tensor, Tensor]]:
         statistics_shape_check(resolve_statistics(self.statistics), x)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..schedules import EvalPoint, NoiseSchedule
-from .base import GridPlan, Solver, StepOutput, register
+from ..core.schedules import EvalPoint, NoiseSchedule
+from .base import GridPlan, Solver, StepOutput, register, uniform_evaluations
 
 if TYPE_CHECKING:
-    from ..models import Denoiser
-    from ..noise import NoiseSource
+    from ..core.models import Denoiser
+    from ..core.noise import NoiseSource
 
 
 def euler_coefficients(p: EvalPoint, q: EvalPoint) -> tuple[float, float]:
@@ -44,8 +44,12 @@ class Euler(Solver):
     """
 
     name = "euler"
+    title = "Euler in σ (EDM)"
     order = 1
     reference = "Karras et al. 2022 (arXiv 2206.00364) Alg. 1, line 5"
+
+    def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
+        return uniform_evaluations(1, steps)
 
     def step_coefficients(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
                           denoise_final: bool) -> tuple[float, float]:
@@ -70,9 +74,12 @@ class Heun(Solver):
     """
 
     name = "heun"
+    title = "Heun in σ (EDM)"
     order = 2
-    nfe_per_step = 2
     reference = "Karras et al. 2022 (arXiv 2206.00364) Alg. 1"
+
+    def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
+        return uniform_evaluations(2, steps)
 
     def step_coefficients(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
                           denoise_final: bool) -> tuple[float, ...]:

@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
 
-from ..expint import StageCoefficients, exp_lagrange_weights, stage_coefficients
-from ..schedules import NoiseSchedule
+from ..core.expint import StageCoefficients, exp_lagrange_weights, stage_coefficients
+from ..core.schedules import NoiseSchedule
 from .base import GridPlan, Solver, StepOutput, check_choice, register
-from .multistep import step_orders
+from .engines.history import step_orders
 
 if TYPE_CHECKING:
-    from ..models import Denoiser
-    from ..noise import NoiseSource
+    from ..core.models import Denoiser
+    from ..core.noise import NoiseSource
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class ForwardValue(Solver):
     """
 
     name = "forward_value"
+    title = "forward-value first-order sampler (lookahead)"
     order = 1
     reference = "Jiao, Li, Cai, Li 2025 (arXiv 2512.24927), forward-value update, order 1"
     init: Literal["zero", "evaluate"] = "zero"
@@ -75,8 +76,9 @@ class ForwardValue(Solver):
         check_choice(self.name, "init", self.init, ("zero", "evaluate"))
         check_choice(self.name, "lookahead_order", self.lookahead_order, (1, 2, 3))
 
-    def nfe(self, steps: int) -> int:
-        return steps + (1 if self.init == "evaluate" and steps > 0 else 0)
+    def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
+        """1 per step; ``init="evaluate"`` adds D(x_0) to the first."""
+        return tuple(2 if i == 0 and self.init == "evaluate" else 1 for i in range(steps))
 
     def plan(self, schedule: NoiseSchedule, lams: Tensor, *, denoise_final: bool = False,
              ) -> GridPlan:
@@ -94,7 +96,7 @@ class ForwardValue(Solver):
                 lookahead=stage_coefficients(p_s, p_t, form="noise"),
                 update=stage_coefficients(p_s, p_t, form="data"),
                 eps_weights=tuple(-p_t.sigma * h * v for v in w)))
-        return GridPlan(points=base.points, h=base.h, extra=tuple(extra))
+        return base.with_extra(extra)
 
     def init_state(self, x: Tensor, plan: GridPlan) -> tuple[Tensor, ...]:
         return ()

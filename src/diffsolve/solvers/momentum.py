@@ -49,16 +49,24 @@ from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
 
-from ..errors import SolverOptionError
-from ..expint import lagrange_monomials, phi, stage_coefficients
-from ..schedules import EvalPoint, NoiseSchedule
-from .base import GridPlan, Solver, StepOutput, check_choice, check_range, register
-from .multistep import step_orders
-from .singlestep import Stage, build_stages, run_stages, stage_table
+from ..core.errors import SolverOptionError
+from ..core.expint import lagrange_monomials, phi, stage_coefficients
+from ..core.schedules import EvalPoint, NoiseSchedule
+from .base import (
+    GridPlan,
+    Solver,
+    StepOutput,
+    check_choice,
+    check_range,
+    register,
+    uniform_evaluations,
+)
+from .engines.history import WARMUPS, HistorySolver, step_orders, warmup_stages, weighted_sum
+from .engines.stages import Stage, run_stages
 
 if TYPE_CHECKING:
-    from ..models import Denoiser
-    from ..noise import NoiseSource
+    from ..core.models import Denoiser
+    from ..core.noise import NoiseSource
 
 # Classical Adams-Bashforth weights of PLMS (Wizadwongsa et al. 2023, Alg. 1; Liu et al. 2022)
 PLMS_WEIGHTS: dict[int, tuple[float, ...]] = {
@@ -156,6 +164,18 @@ class _HeavyBall(Solver):
         check_range(self.name, "beta", self.beta, 1e-3, 1.0)
 
     @property
+    def order(self) -> int:
+        """1 for beta < 1 (Theorem 1); the base method's order at beta = 1."""
+        return 1 if self.beta < 1.0 else self.base_order
+
+    @property
+    def base_order(self) -> int:
+        return 2
+
+    def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
+        return uniform_evaluations(1, steps)
+
+    @property
     def form(self) -> Literal["data", "noise"]:
         return "data"
 
@@ -171,11 +191,11 @@ class _HeavyBall(Solver):
              ) -> GridPlan:
         base = super().plan(schedule, lams, denoise_final=denoise_final)
         extra = []
-        for i in range(base.steps):
+        for i, o in enumerate(step_orders(self.history, base.steps, False, False)):
             c = stage_coefficients(base.points[i], base.points[i + 1], form=self.form)
-            combo = self.base_weights(base.points, i, min(self.history, i + 1))
+            combo = self.base_weights(base.points, i, o)
             extra.append(MomentumCoefficients(lin=c.lin, w0=c.w0, combo=combo))
-        return GridPlan(points=base.points, h=base.h, extra=tuple(extra))
+        return base.with_extra(extra)
 
     def init_state(self, x: Tensor, plan: GridPlan) -> tuple[tuple[Tensor, ...], Tensor | None]:
         return (), None
@@ -187,9 +207,7 @@ class _HeavyBall(Solver):
         d = model.data(x, p)
         f = d if self.form == "data" else (x - p.alpha * d) / p.sigma
         hist = (f, *state[0])[: self.history]
-        combined = c.combo[0] * f
-        for b, f_j in zip(c.combo[1:], hist[1:], strict=False):
-            combined = combined + b * f_j
+        combined = weighted_sum(c.combo, hist[: len(c.combo)])
         v_prev = state[1]
         # Wizadwongsa et al. eq. 14: v_{n+1} = (1 - beta) v_n + beta sum_j b_j f_{n-j}
         v = combined if v_prev is None else (1.0 - self.beta) * v_prev + self.beta * combined
@@ -210,7 +228,7 @@ class DPMSolverPP2MHB(_HeavyBall):
     """
 
     name = "dpmpp_2m_hb"
-    order = 1
+    title = "heavy-ball momentum on DPM-Solver++(2M)"
     reference = "Wizadwongsa et al. 2023 (arXiv 2307.11118) eq. 14 on Lu et al. 2022b Alg. 2"
 
     def base_weights(self, points: tuple[EvalPoint, ...], i: int, order: int,
@@ -237,7 +255,7 @@ class PLMSHB(_HeavyBall):
     """
 
     name = "plms_hb"
-    order = 1
+    title = "heavy-ball momentum on PLMS"
     reference = "Wizadwongsa et al. 2023 (arXiv 2307.11118) Alg. 1; Liu et al. 2022 (PLMS)"
     plms_order: int = 4
 
@@ -253,6 +271,10 @@ class PLMSHB(_HeavyBall):
     def history(self) -> int:
         return self.plms_order
 
+    @property
+    def base_order(self) -> int:  # constant weights: at most 2 off sigma~-uniform grids
+        return min(self.plms_order, 2)
+
     def base_weights(self, points: tuple[EvalPoint, ...], i: int, order: int,
                      ) -> tuple[float, ...]:
         return PLMS_WEIGHTS[order]
@@ -260,7 +282,7 @@ class PLMSHB(_HeavyBall):
 
 @register
 @dataclass(frozen=True)
-class GHVB(Solver):
+class GHVB(HistorySolver):
     """Generalized heavy ball of order k (Wizadwongsa et al. 2023, Sec. 4.2, eq. 16-19, Alg. 2),
     in data prediction with exponential-integrator weights (module docstring).
 
@@ -280,51 +302,42 @@ class GHVB(Solver):
     """
 
     name = "ghvb"
-    order = 2
+    title = "generalized heavy ball, orders 1–4"
     reference = "Wizadwongsa et al. 2023 (arXiv 2307.11118) eq. 16-19, Alg. 2, Theorem 2"
     ghvb_order: int = 2
     beta: float = 0.8
-    lower_order_final: bool = True
-    warmup: Literal["lower_order", "singlestep"] = "lower_order"
 
     def __post_init__(self) -> None:
         check_choice(self.name, "ghvb_order", self.ghvb_order, (1, 2, 3, 4))
         check_range(self.name, "beta", self.beta, 1e-3, 1.0)
-        check_choice(self.name, "warmup", self.warmup, ("lower_order", "singlestep"))
+        check_choice(self.name, "warmup", self.warmup, WARMUPS)
         if self.warmup == "singlestep" and self.ghvb_order == 4:
             raise SolverOptionError(f"{self.name}: warmup='singlestep' needs ghvb_order <= 3 "
                                     "(no single-step method of order 4)")
 
-    def _warmup_steps(self, steps: int) -> int:
-        return min(self.ghvb_order - 1, steps) if self.warmup == "singlestep" else 0
-
-    def nfe(self, steps: int) -> int:
-        return steps + (self.ghvb_order - 1) * self._warmup_steps(steps)
+    @property
+    def history_order(self) -> int:
+        return int(self.ghvb_order)
 
     def plan(self, schedule: NoiseSchedule, lams: Tensor, *, denoise_final: bool = False,
              ) -> GridPlan:
-        base = super().plan(schedule, lams, denoise_final=denoise_final)
+        base = Solver.plan(self, schedule, lams, denoise_final=denoise_final)
         k = self.ghvb_order
-        n_warm = self._warmup_steps(base.steps)
-        orders = step_orders(k, base.steps, denoise_final, self.lower_order_final,
-                             warmup_ramp=n_warm == 0)
+        kinds = self.step_kinds(base.steps, denoise_final)
+        n_warm = sum(1 for kind in kinds if kind.singlestep)
         extra: list[MomentumCoefficients | tuple[Stage, ...]] = []
-        for i, o in enumerate(orders):
+        for i, kind in enumerate(kinds):
             p_s, p_t = base.points[i], base.points[i + 1]
-            if i < n_warm:
-                extra.append(build_stages(schedule, p_s, p_t, stage_table(k), eta=0.0,
-                                          form="data"))
+            if kind.singlestep:
+                extra.append(warmup_stages(schedule, base.points, i, kind))
                 continue
             c = stage_coefficients(p_s, p_t)
             h = p_t.lam - p_s.lam
-            w = ghvb_weights(o, self.beta, h)
+            w = ghvb_weights(kind.order, self.beta, h)
             start = smooth_start_weights(k, self.beta) if n_warm > 0 and i == n_warm else None
             extra.append(MomentumCoefficients(lin=c.lin, w0=p_t.alpha * h,
                                               combo=tuple(w), start=start))
-        return GridPlan(points=base.points, h=base.h, extra=tuple(extra))
-
-    def init_state(self, x: Tensor, plan: GridPlan) -> tuple[Tensor, ...]:
-        return ()
+        return base.with_extra(extra)
 
     def step(self, i: int, x: Tensor, state: tuple[Tensor, ...], plan: GridPlan,
              model: Denoiser, noise: NoiseSource) -> StepOutput:
@@ -335,20 +348,11 @@ class GHVB(Solver):
         d = model.data(x, plan.points[i])
         if c.start is not None:  # v history = smooth moving averages of the D history
             ds = (d, *state)
-            hist = tuple(_combine(row, ds) for row in c.start)
+            hist = tuple(weighted_sum(row, ds) for row in c.start)
         else:
             # Alg. 2: v_{n+1} = (1 - beta) v_n + beta D_n  (v_1 = D_0)
             v = d if not state else (1.0 - self.beta) * state[0] + self.beta * d
             hist = (v, *state)[: self.ghvb_order]
-        v = hist[0]
-        combined = c.combo[0] * v
-        for w, v_j in zip(c.combo[1:], hist[1:], strict=False):
-            combined = combined + w * v_j
+        combined = weighted_sum(c.combo, hist[: len(c.combo)])
         return StepOutput(x=c.lin * x + c.w0 * combined, state=hist, denoised=d)
 
-
-def _combine(weights: tuple[float, ...], tensors: tuple[Tensor, ...]) -> Tensor:
-    out = weights[0] * tensors[0]
-    for w, t in zip(weights[1:], tensors[1:], strict=True):
-        out = out + w * t
-    return out

@@ -55,8 +55,8 @@ in the last step to evaluate D(x^p_N) and correct the last interval (the officia
 
 NFE for ``steps`` finite steps (the loop's final denoise into sigma = 0 adds 1):
 PEC: steps; PECE: 2 steps - 1 (step 0 has nothing to correct, so nothing to re-evaluate);
-``final_corrector`` adds 1. ``nfe(steps)`` returns exactly this. For NFE budgeting
-(``sample(nfe=...)``) a PECE solver reports ``nfe_per_step = 2``.
+``final_corrector`` adds 1. :meth:`SASolver.step_evaluations` declares exactly this, and
+``sample(nfe=...)`` picks the largest grid that fits the budget from it.
 
 Orders: warm-up uses min(order, available nodes): predictor min(s, i + 1), corrector
 min(c, i + 2) on interval i. ``lower_order_final`` (for grids of fewer than 15 steps, as the
@@ -85,18 +85,17 @@ from dataclasses import dataclass
 from numbers import Real
 from typing import TYPE_CHECKING
 
-import torch
 from torch import Tensor
 
-from ..errors import SolverOptionError
-from ..expint import exp_lagrange_weights, stage_coefficients
-from ..schedules import EvalPoint, NoiseSchedule
+from ..core.errors import SolverOptionError
+from ..core.expint import exp_lagrange_weights, stage_coefficients
+from ..core.schedules import EvalPoint, NoiseSchedule
 from .base import GridPlan, Solver, StepOutput, check_choice, check_range, register
-from .multistep import LOWER_ORDER_FINAL_BELOW, step_orders
+from .engines.history import LOWER_ORDER_FINAL_BELOW, accumulate, step_orders
 
 if TYPE_CHECKING:
-    from ..models import Denoiser
-    from ..noise import NoiseSource
+    from ..core.models import Denoiser
+    from ..core.noise import NoiseSource
 
 MAX_ORDER = 4
 MAX_TAU = 10.0
@@ -199,12 +198,6 @@ def correction_delta(corrector: Sequence[float], predictor: Sequence[float],
     return tuple(delta)
 
 
-def _combine(x: Tensor, weights: Sequence[float], history: Sequence[Tensor]) -> Tensor:
-    for w, d in zip(weights, history, strict=False):
-        x = torch.add(x, d, alpha=w)  # x + w d in one pass (x may be the caller's state)
-    return x
-
-
 @register
 @dataclass(frozen=True)
 class SASolver(Solver):
@@ -252,9 +245,7 @@ class SASolver(Solver):
     """
 
     name = "sa_solver"
-    order = 3
-    stochastic = True
-    nfe_per_step = 1
+    title = "SA-Solver, predictor 1–4 / corrector 0–4, PEC or PECE"
     reference = ("Xue et al. 2023 (NeurIPS; arXiv 2309.05019) SA-Predictor/SA-Corrector, data "
                  "prediction; coefficients per research note seeds_sa_solver.md Sec. 3.4")
 
@@ -297,8 +288,6 @@ class SASolver(Solver):
             raise SolverOptionError(f"{n}: option pece=True needs corrector_order >= 1")
         if self.corrector_order == 0 and self.final_corrector:
             raise SolverOptionError(f"{n}: option final_corrector=True needs corrector_order >= 1")
-        # Budgeting (sample(nfe=...)) reads nfe_per_step: PECE costs 2 per step after the first.
-        object.__setattr__(self, "nfe_per_step", 2 if self.pece else 1)
 
     # -- tau ---------------------------------------------------------------------------------
     def tau_at(self, sigma_edm: float) -> float:
@@ -321,18 +310,36 @@ class SASolver(Solver):
             return tau
         return float(self.tau)
 
-    # -- counting ------------------------------------------------------------------------------
-    def nfe(self, steps: int) -> int:
-        """Model evaluations for ``steps`` finite steps: PEC steps, PECE 2 steps - 1, plus 1 with
-        ``final_corrector`` (the loop's final denoise is counted apart)."""
-        if steps <= 0:
-            return 0
-        total = steps
-        if self.pece:
-            total += steps - 1
-        if self.final_corrector:
-            total += 1
-        return total
+    # -- declared order and cost -------------------------------------------------------------
+    @property
+    def order(self) -> int:
+        """Order of the tau = 0 limit: predictor-only min(s, 2), with a corrector of c nodes
+        min(c, s + 1, 3). The first interval is predicted at order 1 and corrected with two
+        nodes, a local error O(h^3) that is not divided by h, hence the 3 (2 without the
+        corrector); measured in tests/test_convergence.py and docs/sde_solvers.md."""
+        s, c = self.predictor_order, self.corrector_order
+        return min(s, 2) if c == 0 else min(c, s + 1, 3)
+
+    @property
+    def weak_order(self) -> float | None:
+        """2 (Xue et al. 2023, Thm. 4.1-4.2: the Brownian increments limit the weak order to
+        2), except 1 for a one-node corrector (the new point alone, an implicit Euler-type
+        rule) and for predictor order 1 without corrector (measured 0.97-0.99 for both,
+        tests/test_weak_order.py); None when tau is 0 everywhere."""
+        if self.tau is not None and not callable(self.tau) and float(self.tau) == 0.0:
+            return None
+        if self.tau is None and self.tau_value == 0.0:
+            return None
+        s, c = self.predictor_order, self.corrector_order
+        return 1.0 if c == 1 or (s == 1 and c == 0) else 2.0
+
+    def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
+        """PEC: 1 per step; PECE: 2 per step but the first (nothing to correct at step 0);
+        ``final_corrector``: 1 more in the last step."""
+        evals = [2 if self.pece and i > 0 else 1 for i in range(steps)]
+        if self.final_corrector and steps > 0:
+            evals[-1] += 1
+        return tuple(evals)
 
     @property
     def history_length(self) -> int:
@@ -380,7 +387,7 @@ class SASolver(Solver):
                 correct=delta(i - 1) if (i > 0 and self.corrector_order > 0) else (),
                 lin=lin_noise.lin, predict=predict[i], noise_std=lin_noise.noise_std,
                 final_correct=delta(i) if (last and self.final_corrector) else ()))
-        return GridPlan(points=base.points, h=base.h, extra=tuple(extra))
+        return base.with_extra(extra)
 
     def init_state(self, x: Tensor, plan: GridPlan) -> tuple[Tensor, ...]:
         return ()
@@ -393,15 +400,15 @@ class SASolver(Solver):
         d = model.data(x, p_s)  # D~_i at the predicted point (x_0 at step 0)
         history: tuple[Tensor, ...] = (d, *state)
         if co.correct:  # corrector of [i-1, i]: x^c_i = x^p_i + sum (b^c - b) D
-            x = _combine(x, co.correct, history)
+            x = accumulate(x, co.correct, history)
             if self.pece:
                 d = model.data(x, p_s)
                 history = (d, *state)
-        x_next = _combine(co.lin * x, co.predict, history)
+        x_next = accumulate(co.lin * x, co.predict, history)
         if co.noise_std > 0.0 and noise is not None:
             xi = noise.normal(x, step=i, draw=0, lam_from=p_s.lam, lam_to=p_t.lam)
             x_next = x_next + (self.s_noise * co.noise_std) * xi
         if co.final_correct:  # corrector of the last interval (extra NFE)
             d_next = model.data(x_next, p_t)
-            x_next = _combine(x_next, co.final_correct, (d_next, *history))
+            x_next = accumulate(x_next, co.final_correct, (d_next, *history))
         return StepOutput(x=x_next, state=history[: self.history_length], denoised=d)

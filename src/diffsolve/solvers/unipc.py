@@ -45,15 +45,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..expint import phi
-from ..schedules import EvalPoint, NoiseSchedule
+from ..core.expint import phi
+from ..core.schedules import EvalPoint, NoiseSchedule
 from .base import GridPlan, Solver, StepOutput, check_choice, register
-from .linear_multistep import Warmup, warmup_nfe, warmup_plan, warmup_stages
-from .singlestep import Stage, run_stages
+from .engines.history import WARMUPS, HistorySolver, StepKind, warmup_stages
+from .engines.stages import Stage, run_stages
 
 if TYPE_CHECKING:
-    from ..models import Denoiser
-    from ..noise import NoiseSource
+    from ..core.models import Denoiser
+    from ..core.noise import NoiseSource
 
 Variant = Literal["bh1", "bh2"]
 
@@ -112,7 +112,7 @@ def unipc_update(points: tuple[EvalPoint, ...], i: int, past: int, with_new: boo
 
 @register
 @dataclass(frozen=True)
-class UniPC(Solver):
+class UniPC(HistorySolver):
     """UniPC (Zhao et al. 2023): UniP-p predictor + UniC-p corrector, data prediction.
 
     1 NFE per step (the corrector reuses the next step's model evaluation; +1-2 NFE per
@@ -125,45 +125,56 @@ class UniPC(Solver):
         use_corrector: apply UniC after every step but the last (default True).
         lower_order_final: lower the order of the last steps on grids of fewer than 15 steps.
         warmup: "lower_order" (the paper) or "singlestep".
+
+    Declared order: p + 1 with the corrector (p without), min(p + 1, 3) with the paper's
+    lower-order start (module docstring).
     """
 
     name = "unipc"
-    order = 4
+    title = "UniPC: UniP-1..3 + UniC corrector, bh1 / bh2"
     reference = "Zhao et al. 2023 (arXiv 2302.04867) Sec. 3.1-3.2, Thm 3.1, Cor. 3.2"
     solver_order: int = 3
     variant: Variant = "bh2"
     use_corrector: bool = True
-    lower_order_final: bool = True
-    warmup: Warmup = "lower_order"
 
     def __post_init__(self) -> None:
         check_choice(self.name, "solver_order", self.solver_order, (1, 2, 3))
         check_choice(self.name, "variant", self.variant, ("bh1", "bh2"))
         check_choice(self.name, "use_corrector", self.use_corrector, (True, False))
-        check_choice(self.name, "warmup", self.warmup, ("lower_order", "singlestep"))
+        check_choice(self.name, "warmup", self.warmup, WARMUPS)
+
+    @property
+    def history_order(self) -> int:
+        return int(self.solver_order)
+
+    @property
+    def nominal_order(self) -> int:  # UniC-p raises UniP-p by one (Thm. 3.1)
+        return self.history_order + (1 if self.use_corrector else 0)
+
+    def warmup_step_order(self, kind: StepKind) -> int:
+        # a lower-order multistep start is corrected too; single-step warm-up steps are not
+        return kind.order + (1 if self.use_corrector and not kind.singlestep else 0)
 
     def plan(self, schedule: NoiseSchedule, lams: Tensor, *, denoise_final: bool = False,
              ) -> GridPlan:
-        base = super().plan(schedule, lams, denoise_final=denoise_final)
-        kinds = warmup_plan(int(self.solver_order), base.steps, denoise_final,
-                            self.lower_order_final, self.warmup)
+        base = Solver.plan(self, schedule, lams, denoise_final=denoise_final)
+        kinds = self.step_kinds(base.steps, denoise_final)
         extra = []
-        for i, (kind, o) in enumerate(kinds):
-            if kind == "singlestep":
-                pred: UniUpdate | tuple[Stage, ...] = warmup_stages(schedule, base.points, i, o)
+        for i, kind in enumerate(kinds):
+            if kind.singlestep:
+                pred: UniUpdate | tuple[Stage, ...] = warmup_stages(schedule, base.points, i,
+                                                                    kind)
             else:
-                pred = unipc_update(base.points, i, o - 1, False, self.variant)
+                pred = unipc_update(base.points, i, kind.order - 1, False, self.variant)
             corr = None
-            if self.use_corrector and i > 0 and kinds[i - 1][0] == "multistep":
-                corr = unipc_update(base.points, i - 1, kinds[i - 1][1] - 1, True, self.variant)
+            if self.use_corrector and i > 0 and not kinds[i - 1].singlestep:
+                corr = unipc_update(base.points, i - 1, kinds[i - 1].order - 1, True,
+                                    self.variant)
             extra.append(UniPCStep(predictor=pred, corrector=corr))
-        return GridPlan(points=base.points, h=base.h, extra=tuple(extra))
+        return base.with_extra(extra)
 
     def init_state(self, x: Tensor, plan: GridPlan) -> tuple[tuple[Tensor, ...], Tensor | None]:
         return ((), None)
-
-    def nfe(self, steps: int) -> int:
-        return warmup_nfe(int(self.solver_order), steps, self.lower_order_final, self.warmup)
 
     def step(self, i: int, x: Tensor, state: tuple[tuple[Tensor, ...], Tensor | None],
              plan: GridPlan, model: Denoiser, noise: NoiseSource) -> StepOutput:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import IncompatibleModelError
+from ..core.errors import IncompatibleModelError
 from .data import DIGITS_SHAPE, load_digits_split
 
 CLASSIFIER_DEFAULTS: dict[str, Any] = {"arch": "digits_cnn", "width": 32, "features": 128,

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DiffsolveError
+from ..core.errors import DiffsolveError
 
 DIGITS_SHAPE: tuple[int, int, int] = (1, 8, 8)
 DIGITS_N_TRAIN = 1500

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DiffsolveError
-from ..models import Denoiser
-from ..schedules import EvalPoint, NoiseSchedule
+from ..core.errors import DiffsolveError
+from ..core.models import Denoiser
+from ..core.schedules import EvalPoint, NoiseSchedule
 from .reference import pf_ode_reference
 
 ArrayLike = Tensor | np.ndarray | Sequence[Any] | float

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DiffsolveError
+from ..core.errors import DiffsolveError
 from .pretrained import WEIGHTS_DIR
 
 DIGITS_WIDTHS = (4, 8, 16, 32)
@@ -106,7 +106,7 @@ def measure_gamma(family: str, *, reference: str | None = None, n_data: int = 10
     Data: the held-out digits test split (297 images) or ``n_data`` fresh toy points.
     With ``out``, writes ``gamma.json`` and ``gamma.png`` there.
     """
-    from ..mlem import fit_gamma, level_errors
+    from ..drivers.mlem import fit_gamma, level_errors
     from .data import load_digits_split, toy2d
     from .pretrained import load_model
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import IncompatibleModelError
+from ..core.errors import IncompatibleModelError
 
 UNET_DEFAULTS: dict[str, Any] = {
     "arch": "unet",

@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..errors import IncompatibleModelError
-from ..models import Denoiser
-from ..schedules import EDM
+from ..core.errors import IncompatibleModelError
+from ..core.models import Denoiser
+from ..core.schedules import EDM
 from .nets import build_net
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

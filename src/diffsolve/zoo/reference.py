@@ -30,7 +30,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from ..errors import DiffsolveError
+from ..core.errors import DiffsolveError
 
 DenoiseEDM = Callable[[np.ndarray, float], np.ndarray]
 

@@ -57,7 +57,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from ..errors import DiffsolveError
+from ..core.errors import DiffsolveError
 from . import data as zdata
 from .nets import build_net, count_parameters
 

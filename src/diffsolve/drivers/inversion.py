@@ -38,11 +38,11 @@ from typing import Literal
 
 from torch import Tensor
 
-from .errors import GridError, SolverOptionError
-from .expint import StageCoefficients, stage_coefficients
-from .grids import Grid, make_grid
-from .models import Denoiser, eps_from_data
-from .schedules import EvalPoint
+from ..core.errors import GridError, SolverOptionError
+from ..core.expint import StageCoefficients, stage_coefficients
+from ..core.grids import Grid, make_grid
+from ..core.models import Denoiser, eps_from_data
+from ..core.schedules import EvalPoint
 
 Method = Literal["ddim", "edict"]
 Form = Literal["data", "noise"]

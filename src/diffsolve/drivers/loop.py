@@ -1,8 +1,11 @@
 """The sampling loop: grid -> solver steps -> final denoise, with callbacks and guards.
 
-:func:`solve` integrates from a given state at the first grid node; :func:`sample` draws the
-initial noise itself (per-sample seeded, so results do not depend on batch composition),
-builds a named grid and calls :func:`solve`. Both return a :class:`SampleResult`.
+:func:`integrate` is THE loop (plan, steps, final denoise); every fixed-grid driver runs it:
+:func:`solve` adds validation, finite checks, callbacks, progress and trajectories through
+its per-step hook, and :mod:`.compiled` compiles it bare. :func:`sample` draws the initial
+noise itself (per-sample seeded, so results do not depend on batch composition), builds a
+named grid sized by the solver's declared cost and calls :func:`solve`. Both return a
+:class:`SampleResult`.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import GridError, NonFiniteError, SolverOptionError
-from .grids import Grid, make_grid
-from .models import Denoiser
-from .noise import NoiseSource, make_noise
-from .solvers import Solver, get_solver
+from ..core.errors import GridError, NonFiniteError, SolverOptionError
+from ..core.grids import Grid, make_grid
+from ..core.models import Denoiser
+from ..core.noise import NoiseSource, make_noise
+from ..solvers import GridPlan, Solver, get_solver
 
 CheckFinite = Literal["auto", "step", "end", "off"]
 Callback = Callable[[dict[str, Any]], None]
@@ -57,16 +60,34 @@ def resolve_grid(grid: str | Grid | Sequence[float] | Tensor, model: Denoiser,
 
 
 def steps_for_nfe(solver: Solver, nfe: int, *, to_zero: bool = True) -> int:
-    """Grid steps (intervals) whose run costs at most ``nfe`` evaluations with ``solver``.
+    """The largest grid (intervals) whose run costs at most ``nfe`` evaluations with
+    ``solver``, from its declared cost (:meth:`Solver.steps_for_nfe`; warm-up included).
 
     With ``to_zero`` the last interval is the 1-NFE denoising step.
     """
-    per = solver.nfe_per_step
-    finite = (nfe - 1) // per if to_zero else nfe // per
-    if finite < 1:
-        need = per + (1 if to_zero else 0)
-        raise SolverOptionError(f"{solver.name} needs at least {need} NFE, got {nfe}")
-    return finite + (1 if to_zero else 0)
+    return solver.steps_for_nfe(nfe, to_zero=to_zero)
+
+
+StepHook = Callable[[int, Tensor, Tensor], None]
+
+
+def integrate(solver: Solver, plan: GridPlan, model: Denoiser, noise: NoiseSource | None,
+              x: Tensor, *, final_denoise: bool, after_step: StepHook | None = None) -> Tensor:
+    """THE sampling loop: ``solver`` over ``plan`` from state ``x``, then x <- D(x) if
+    ``final_denoise``. ``after_step(i, x, denoised)`` runs after each step (i = plan.steps
+    for the final denoise). No checks and no host synchronisation of its own, so it can be
+    compiled or captured (:mod:`diffsolve.drivers.compiled`)."""
+    state = solver.init_state(x, plan)
+    for i in range(plan.steps):
+        out = solver.step(i, x, state, plan, model, noise)  # type: ignore[arg-type]
+        x, state = out.x, out.state
+        if after_step is not None:
+            after_step(i, x, out.denoised)
+    if final_denoise:
+        x = model.data(x, plan.points[-1])
+        if after_step is not None:
+            after_step(plan.steps, x, x)
+    return x
 
 
 def _all_finite(x: Tensor) -> bool:
@@ -155,7 +176,6 @@ def solve(
                            lam_range=(float(finite[0]), float(finite[-1])))
     mode = ("step" if x.device.type == "cpu" else "end") if check_finite == "auto" else check_finite
     nfe_start = model.nfe
-    state = solver_obj.init_state(x, plan)
     trajectory = [x] if return_trajectory else None
     flag = torch.full((), -1, dtype=torch.long, device=x.device)
     bad_input = None
@@ -164,38 +184,29 @@ def solve(
     elif mode == "end":
         bad_input = ~torch.isfinite(x).all()  # read back once, at the end
     total = plan.steps + (1 if final_denoise else 0)
-    sigmas = [p.sigma_edm for p in plan.points] + ([0.0] if grid.to_zero else [])
+    sigmas = [p.sigma_edm for p in plan.points] + [0.0]
     bar = tqdm(total=total, disable=progress is False, delay=1.0 if progress is None else 0.0,
                desc=solver_obj.name, leave=False)
+
+    def after_step(i: int, x_i: Tensor, denoised: Tensor) -> None:
+        nonlocal flag
+        final = i == plan.steps
+        if mode == "step" and not _all_finite(x_i):
+            _raise_nonfinite(i, grid, "the final denoised sample" if final else "the state")
+        elif mode == "end":
+            flag = _first_nonfinite_step(flag, x_i, i)
+        if trajectory is not None and (not final or grid.to_zero):
+            trajectory.append(x_i)
+        if callback is not None:
+            p = plan.points[min(i, plan.steps)]
+            callback({"i": i, "step": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
+                      "sigma_next": sigmas[i + 1], "lam": p.lam, "x": x_i,
+                      "denoised": denoised})
+        bar.update(1)
+
     try:
-        for i in range(plan.steps):
-            out = solver_obj.step(i, x, state, plan, model, noise_src)
-            x, state = out.x, out.state
-            if mode == "step" and not _all_finite(x):
-                _raise_nonfinite(i, grid, "the state")
-            elif mode == "end":
-                flag = _first_nonfinite_step(flag, x, i)
-            if trajectory is not None:
-                trajectory.append(x)
-            if callback is not None:
-                callback({"i": i, "step": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
-                          "sigma_next": sigmas[i + 1], "lam": plan.points[i].lam, "x": x,
-                          "denoised": out.denoised})
-            bar.update(1)
-        if final_denoise:
-            last = plan.points[-1]
-            x = model.data(x, last)
-            i = plan.steps
-            if mode == "step" and not _all_finite(x):
-                _raise_nonfinite(i, grid, "the final denoised sample")
-            elif mode == "end":
-                flag = _first_nonfinite_step(flag, x, i)
-            if trajectory is not None and grid.to_zero:
-                trajectory.append(x)
-            if callback is not None:
-                callback({"i": i, "step": i, "sigma": last.sigma_edm, "sigma_hat": last.sigma_edm,
-                          "sigma_next": 0.0, "lam": last.lam, "x": x, "denoised": x})
-            bar.update(1)
+        x = integrate(solver_obj, plan, model, noise_src, x, final_denoise=final_denoise,
+                      after_step=after_step)
     finally:
         bar.close()
     if mode == "end":
@@ -211,7 +222,7 @@ def initial_noise(shape: Sequence[int], *, seed: int = 0, offset: int = 0,
                   dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
                   ) -> Tensor:
     """Standard-normal initial noise, one stream per sample keyed by (seed, offset + index)."""
-    from .noise import PerSampleStreams
+    from ..core.noise import PerSampleStreams
 
     like = torch.empty(tuple(shape), dtype=dtype, device=device)
     streams = PerSampleStreams.from_seed(seed, like.shape[0], offset=offset)

@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import DiffsolveError, NonFiniteError
-from .models import Denoiser
+from ..core.errors import DiffsolveError, NonFiniteError
+from ..core.models import Denoiser
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -210,12 +210,12 @@ def _resolve_model(model: Denoiser | str, shape: Sequence[int] | None,
                 "`.shape` attribute")
         return model, tuple(int(s) for s in shp), type(getattr(model, "net", model)).__name__
     if model == "gmm":
-        from .schedules import EDM
-        from .zoo import GaussianMixture
+        from ..core.schedules import EDM
+        from ..zoo import GaussianMixture
 
         gmm = GaussianMixture.default_2d()
         return gmm.denoiser(EDM(sigma_min=0.002, sigma_max=20.0)), (2,), "gmm"
-    from .zoo.pretrained import load_model
+    from ..zoo.pretrained import load_model
 
     den = load_model(model, device=device)
     return den, tuple(den.shape), str(model)  # type: ignore[attr-defined]
@@ -277,7 +277,7 @@ def generate(
         progress: one line per shard on stderr.
         on_shard_done: called with the shard id after each shard this rank writes (hook).
     """
-    from .sample import sample
+    from ..drivers.loop import sample
 
     if n < 1 or shard_size < 1:
         raise GenerateConfigError(f"n and shard_size must be >= 1, got n={n}, "

@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .grids import Grid
-from .models import Denoiser
-from .sample import solve
-from .solvers import list_solvers, solver_class
+from ..core.grids import Grid
+from ..core.models import Denoiser
+from ..drivers.loop import solve
+from ..solvers import list_solvers, solver_class
 
 KDenoiser = Callable[..., Tensor]
 
@@ -50,7 +50,7 @@ def _run(name: str, model: KDenoiser, x: Tensor, sigmas: Tensor,
     noise: Any = options.pop("seed", None)
     sampler = options.pop("noise_sampler", None)
     if sampler is not None:
-        from .noise import KDiffusionNoiseSampler
+        from ..core.noise import KDiffusionNoiseSampler
 
         noise = KDiffusionNoiseSampler(sampler)
     progress = None if disable is None else not disable

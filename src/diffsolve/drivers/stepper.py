@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from .errors import SolverOptionError
-from .grids import Grid
-from .noise import NoiseSource, ZeroNoise, make_noise
-from .schedules import EvalPoint, NoiseSchedule
-from .solvers import Solver, get_solver
+from ..core.errors import SolverOptionError
+from ..core.grids import Grid
+from ..core.noise import NoiseSource, ZeroNoise, make_noise
+from ..core.schedules import EvalPoint, NoiseSchedule
+from ..solvers import Solver, get_solver
 
 if TYPE_CHECKING:
-    from .solvers.base import GridPlan
+    from ..solvers.base import GridPlan
 
 
 class _ModelRequest(Exception):

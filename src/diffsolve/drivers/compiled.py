@@ -36,26 +36,21 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .errors import SolverOptionError
-from .grids import Grid
-from .models import Denoiser
-from .noise import GivenNoise, NoiseSource, RecordingNoise, make_noise
-from .solvers import Solver, get_solver
-from .solvers.base import GridPlan
+from ..core.errors import SolverOptionError
+from ..core.grids import Grid
+from ..core.models import Denoiser
+from ..core.noise import GivenNoise, NoiseSource, RecordingNoise, make_noise
+from ..solvers import Solver, get_solver
+from ..solvers.base import GridPlan
+from .loop import integrate
 
 Mode = Literal["compile", "cuda_graph", "eager"]
 
 
 def _loop(solver: Solver, plan: GridPlan, model: Denoiser, noise: NoiseSource | None,
           x: Tensor, final_denoise: bool) -> Tensor:
-    """The bare sampling loop of :func:`diffsolve.solve` (no checks, no callbacks)."""
-    state = solver.init_state(x, plan)
-    for i in range(plan.steps):
-        out = solver.step(i, x, state, plan, model, noise)  # type: ignore[arg-type]
-        x, state = out.x, out.state
-    if final_denoise:
-        x = model.data(x, plan.points[-1])
-    return x
+    """The sampling loop of :func:`diffsolve.solve` without its hook (no checks, callbacks)."""
+    return integrate(solver, plan, model, noise, x, final_denoise=final_denoise)
 
 
 class CompiledSampler:
@@ -73,7 +68,7 @@ class CompiledSampler:
                  backend: str | Callable[..., Any]) -> None:
         self.model, self.grid, self.solver, self.plan = model, grid, solver, plan
         self.shape, self.dtype, self.device, self.mode = shape, dtype, device, mode
-        self.nfe = solver.nfe(plan.steps) + (1 if final_denoise else 0)
+        self.nfe = solver.nfe(plan.steps, denoise_final=final_denoise)
         self._noise = noise
         self._final = final_denoise
 

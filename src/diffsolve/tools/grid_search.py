@@ -49,11 +49,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import DiffsolveError
-from .grids import Grid, make_grid
-from .models import Denoiser
-from .sample import solve, steps_for_nfe
-from .solvers import get_solver
+from ..core.errors import DiffsolveError
+from ..core.grids import Grid, make_grid
+from ..core.models import Denoiser
+from ..drivers.loop import solve, steps_for_nfe
+from ..solvers import get_solver
 
 FORMAT = "diffsolve-grid-v1"
 
@@ -217,11 +217,12 @@ def search_grid(model: Denoiser, solver: str, nfe: int, noise: Tensor, *,
             delta /= 2
     grid_only = best
     if search_orders:
-        caps = [s.order] * len(u)
+        top = s.history_order  # the multistep order option (caps range over 1..top)
+        caps = [top] * len(u)
         for _ in range(order_sweeps):
             improved = False
             for k in range(len(caps)):
-                for o in range(1, s.order + 1):
+                for o in range(1, top + 1):
                     if o == caps[k]:
                         continue
                     trial_caps = (*caps[:k], o, *caps[k + 1:])

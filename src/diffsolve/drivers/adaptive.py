@@ -6,8 +6,11 @@ step from lambda_s to lambda_t = lambda_s + h that share their model evaluations
 * 12: x_low = DPM-Solver-1 (DDIM), x_high = DPM-Solver-2 with r1 = 1/2      (2 NFE per try)
 * 23: x_low = DPM-Solver-2 with r1 = 1/3, x_high = DPM-Solver-3 (1/3, 2/3)   (3 NFE per try)
 
-Both are the single-step stage engine (:mod:`diffsolve.solvers.singlestep`); the lower-order
-solution reuses the higher method's evaluations (recorded while the engine runs). The local
+Both are the single-step stage engine (:mod:`diffsolve.solvers.engines.stages`); the lower-order
+solution reuses the higher method's evaluations (recorded while the engine runs).
+Why not the sampling loop (:func:`diffsolve.drivers.loop.integrate`): the grid is not known
+in advance (each step size depends on the last error estimate, and rejected tries are
+retaken), so this driver runs the stage engine directly. The local
 error estimate is the mixed-tolerance RMS norm
 
     delta = max(atol, rtol * max(|x_low|, |x_prev|)),
@@ -31,12 +34,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .errors import NonFiniteError, SolverOptionError
-from .expint import stage_coefficients
-from .models import Denoiser, eps_from_data
-from .schedules import EvalPoint
-from .solvers.base import check_choice, check_range
-from .solvers.singlestep import build_stages, run_stages, stage_table
+from ..core.errors import NonFiniteError, SolverOptionError
+from ..core.expint import stage_coefficients
+from ..core.models import Denoiser, eps_from_data
+from ..core.schedules import EvalPoint
+from ..solvers.base import check_choice, check_range
+from ..solvers.engines.stages import StageTable, build_stages, run_stages
 
 Form = Literal["data", "noise"]
 
@@ -88,7 +91,7 @@ def _pair_step(model: Denoiser, x: Tensor, p_s: EvalPoint, p_t: EvalPoint, order
     """(x_low, x_high, D_s) of the embedded pair from p_s to p_t (module docstring)."""
     sched = model.schedule
     rec = _Recorder(model)
-    high = build_stages(sched, p_s, p_t, stage_table(order), eta=0.0, form=form)
+    high = build_stages(sched, p_s, p_t, StageTable.of_order(order), eta=0.0, form=form)
     x_high = run_stages(0, x, high, p_s, rec, None, eta=0.0, form=form).x  # type: ignore[arg-type]
     f = [d if form == "data" else eps_from_data(xi, d, pt) for xi, pt, d in rec.calls]
     c = stage_coefficients(p_s, p_t, form=form)

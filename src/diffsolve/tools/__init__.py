@@ -1,0 +1,2 @@
+"""Tools built on the drivers: sharded generation, grid search / tuning, DPM-Solver-v3
+calibration."""
