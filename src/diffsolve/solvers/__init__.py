@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     dpm_solver_v3,
     euler_heun,
     forward_value,
+    kdiffusion_samplers,
     linear_multistep,
     momentum,
     multistep,

@@ -33,6 +33,7 @@ the order of each step individually, e.g. as searched by :mod:`diffsolve.grid_se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -106,6 +107,33 @@ def two_step_coefficients(points: tuple[EvalPoint, ...], i: int, eta: float,
     slope_w = 0.5 * c.w0 if rule == "midpoint" else c.w1
     return MultistepCoefficients(lin=c.lin, weights=(c.w0 + slope_w / r, -slope_w / r),
                                  noise_std=c.noise_std)
+
+
+def kdiffusion_3m_coefficients(points: tuple[EvalPoint, ...], i: int, eta: float,
+                               ) -> MultistepCoefficients:
+    """k-diffusion's 3M SDE update (``sample_dpmpp_3m_sde``) as weights on D_i, D_{i-1}, D_{i-2}.
+
+    With k h = (1 + eta) h, phi2 = 1 - (1 - e^{-kh})/(kh), phi3 = phi2/(kh) - 1/2, r0 =
+    h_{i-1}/h, r1 = h_{i-2}/h, the scaled differences d0 = (D_i - D_{i-1})/r0,
+    d1 = (D_{i-1} - D_{i-2})/r1 give D' ~ d0 + (d0 - d1) r0/(r0 + r1) and
+    D'' ~ (d0 - d1)/(r0 + r1), and x' = lin x + w0 D_i + alpha (phi2 D' - phi3 D''). The
+    D'' term is half the Taylor coefficient of exact Adams (module docstring).
+    """
+    p_s, p_t = points[i], points[i + 1]
+    c = stage_coefficients(p_s, p_t, eta=eta)
+    h = p_t.lam - p_s.lam
+    kh = (1.0 + eta) * h
+    phi2 = 1.0 + math.expm1(-kh) / kh
+    phi3 = phi2 / kh - 0.5
+    r0 = (p_s.lam - points[i - 1].lam) / h
+    r1 = (points[i - 1].lam - points[i - 2].lam) / h
+    diff = (1.0 / r0, -1.0 / r0 - 1.0 / r1, 1.0 / r1)  # d0 - d1 on (D_i, D_{i-1}, D_{i-2})
+    slope = [a + b * r0 / (r0 + r1) for a, b in zip((1.0 / r0, -1.0 / r0, 0.0), diff,
+                                                     strict=True)]
+    weights = [p_t.alpha * (phi2 * a - phi3 * b / (r0 + r1)) for a, b in zip(slope, diff,
+                                                                            strict=True)]
+    weights[0] += c.w0
+    return MultistepCoefficients(lin=c.lin, weights=tuple(weights), noise_std=c.noise_std)
 
 
 def first_order_coefficients(points: tuple[EvalPoint, ...], i: int, eta: float,
@@ -290,6 +318,9 @@ class DPMSolverPP3MSDE(DPMSolverPP3M):
     Args:
         eta: stochasticity (1: the reverse SDE; 0: DPM-Solver++(3M)).
         s_noise: multiplies the injected noise.
+        variant: "adams" (default, exact weights) or "kdiffusion" (k-diffusion's update:
+            second step with the phi_2 ("heun") 2M weight, then
+            :func:`kdiffusion_3m_coefficients`; ``diffsolve.kdiffusion`` uses it by default).
     """
 
     name = "dpmpp_3m_sde"
@@ -297,7 +328,17 @@ class DPMSolverPP3MSDE(DPMSolverPP3M):
     reference = "Lu et al. 2022b (arXiv 2211.01095) Sec. 4 with the eta-SDE of SEEDS eq. 8"
     eta: float = 1.0
     s_noise: float = 1.0
+    variant: Literal["adams", "kdiffusion"] = "adams"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_sde_options(self.name, self.eta, self.s_noise)
+        check_choice(self.name, "variant", self.variant, ("adams", "kdiffusion"))
+
+    def coefficients_for(self, points: tuple[EvalPoint, ...], i: int, order: int,
+                         ) -> MultistepCoefficients:
+        if self.variant == "adams" or order == 1:
+            return super().coefficients_for(points, i, order)
+        if order == 2:
+            return two_step_coefficients(points, i, self.eta, "heun")
+        return kdiffusion_3m_coefficients(points, i, self.eta)
