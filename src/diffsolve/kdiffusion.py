@@ -48,11 +48,11 @@ from torch import Tensor
 from .errors import SolverOptionError
 from .expint import exp_lagrange_weights
 from .grids import Grid
-from .kdiffusion_dpm import dpm_adaptive, dpm_fast
+from .kdiffusion_dpm import check_sigma_range, dpm_adaptive, dpm_fast
 from .models import Denoiser
 from .noise import GivenNoise, KDiffusionNoiseSampler, NoiseSource, make_noise
 from .sample import solve
-from .solvers import list_solvers, solver_class
+from .solvers import get_solver, list_solvers, solver_class
 from .solvers.kdiffusion_samplers import MAX_GAMMA, churn_gamma, churn_std
 
 KDenoiser = Callable[..., Tensor]
@@ -107,8 +107,8 @@ SAMPLERS: tuple[KSampler, ...] = (
     KSampler("dpm_2_ancestral", HEAD + COMMON + ANCESTRAL, "dpm_2_ancestral"),
     KSampler("lms", HEAD + COMMON + (("order", 4),), "lms", rename={"order": "solver_order"},
              run="lms"),
-    KSampler("dpm_fast", SIGMA_HEAD + (("n", REQUIRED),) + COMMON
-             + (("eta", 0.0), ("s_noise", 1.0), ("noise_sampler", None)), run="fast"),
+    KSampler("dpm_fast", (*SIGMA_HEAD, ("n", REQUIRED), *COMMON, ("eta", 0.0), ("s_noise", 1.0),
+                          ("noise_sampler", None)), run="fast"),
     KSampler("dpm_adaptive", SIGMA_HEAD + COMMON
              + (("order", 3), ("rtol", 0.05), ("atol", 0.0078), ("h_init", 0.05),
                 ("pcoeff", 0.0), ("icoeff", 1.0), ("dcoeff", 0.0), ("accept_safety", 0.81),
@@ -126,10 +126,10 @@ SAMPLERS: tuple[KSampler, ...] = (
              "seeds_2", source=_COMFY),
     KSampler("seeds_3", HEAD + COMMON + ANCESTRAL + (("r_1", 1.0 / 3.0), ("r_2", 2.0 / 3.0)),
              "seeds_3", rename={"r_1": "r1", "r_2": "r2"}, source=_COMFY),
-    KSampler("sa_solver", HEAD + (("extra_args", None), ("callback", None), ("disable", False),
-                                  ("tau_func", None), ("s_noise", 1.0), ("noise_sampler", None),
-                                  ("predictor_order", 3), ("corrector_order", 4),
-                                  ("use_pece", False), ("simple_order_2", False)),
+    KSampler("sa_solver", (*HEAD, ("extra_args", None), ("callback", None), ("disable", False),
+                           ("tau_func", None), ("s_noise", 1.0), ("noise_sampler", None),
+                           ("predictor_order", 3), ("corrector_order", 4), ("use_pece", False),
+                           ("simple_order_2", False)),
              "sa_solver", rename={"tau_func": "tau", "use_pece": "pece"}, source=_COMFY),
     KSampler("er_sde", HEAD + COMMON + (("s_noise", 1.0), ("noise_sampler", None),
                                         ("noise_scaler", None), ("max_stage", 3)),
@@ -261,6 +261,7 @@ def _run_churn(spec: KSampler, model: KDenoiser, x: Tensor, sigmas: Any,
     """
     sig = _as_sigmas(sigmas)
     churn = {k: float(options.pop(k)) for k in ("s_churn", "s_tmin", "s_tmax", "s_noise")}
+    get_solver(spec.churn_solver, **churn)  # validates the churn keywords
     noise_sampler, seed = options.pop("noise_sampler", None), options.pop("seed", None)
     if churn["s_churn"] <= 0.0:
         return _run_grid(spec, spec.solver, model, x, sig, extra_args, callback, disable,
@@ -298,8 +299,8 @@ def _run_churn(spec: KSampler, model: KDenoiser, x: Tensor, sigmas: Any,
     s_hat = s * (1.0 + g)
     x_hat = x_out
     if g > 0.0:
-        lam, lam_hat = -math.log(s), -math.log(s_hat)
-        xi = noise.normal(x_out, step=steps - 1, draw=0, lam_from=lam, lam_to=math.inf)
+        xi = noise.normal(x_out, step=steps - 1, draw=0, lam_from=-math.log(s),
+                          lam_to=math.inf)
         x_hat = x_out + (churn_std(s, s_hat) * churn["s_noise"]) * xi
     d = den.data(x_hat, den.schedule.point(-math.log(s_hat)))
     if callback is not None:
@@ -355,6 +356,7 @@ def _run_lms(spec: KSampler, model: KDenoiser, x: Tensor, sigmas: Any,
 
 def _run_fast(spec: KSampler, model: KDenoiser, x: Tensor, args: dict[str, Any],
               options: dict[str, Any]) -> Tensor:
+    check_sigma_range(args["sigma_min"], args["sigma_max"])
     sig = torch.tensor([float(args["sigma_max"]), float(args["sigma_min"])],
                        dtype=torch.float64)
     den = _denoiser(model, sig, args["extra_args"])
@@ -368,6 +370,7 @@ def _run_fast(spec: KSampler, model: KDenoiser, x: Tensor, args: dict[str, Any],
 
 def _run_adaptive(spec: KSampler, model: KDenoiser, x: Tensor, args: dict[str, Any],
                   options: dict[str, Any]) -> Tensor | tuple[Tensor, dict[str, int]]:
+    check_sigma_range(args["sigma_min"], args["sigma_max"])
     sig = torch.tensor([float(args["sigma_max"]), float(args["sigma_min"])],
                        dtype=torch.float64).sort(descending=True).values
     den = _denoiser(model, sig, args["extra_args"])

@@ -76,9 +76,13 @@ def _dpm_step(order: int, x: Tensor, lam_from: float, lam_to: float, model: Any,
     return out.x, out.denoised
 
 
-def _check_sigmas(sigma_min: float, sigma_max: float) -> None:
-    if not (sigma_min > 0 and sigma_max > 0):
-        raise SolverOptionError("sigma_min and sigma_max must not be 0")
+def check_sigma_range(sigma_min: float, sigma_max: float) -> None:
+    """k-diffusion's rule: both ends of the noise-level range must be positive (and here
+    distinct and finite)."""
+    lo, hi = float(sigma_min), float(sigma_max)
+    if not (0 < lo < math.inf and 0 < hi < math.inf) or lo == hi:
+        raise SolverOptionError(
+            f"sigma_min and sigma_max must be positive, finite and distinct, got {lo}, {hi}")
 
 
 def _ancestral_target(lam: float, lam_next: float, lam_end: float, eta: float,
@@ -104,7 +108,7 @@ def dpm_fast(model: Denoiser, x: Tensor, sigma_min: float, sigma_max: float, n: 
              callback: Callback | None, eta: float, s_noise: float,
              noise: NoiseSource) -> Tensor:
     """DPM-Solver-fast from sigma_max to sigma_min in n evaluations (module docstring)."""
-    _check_sigmas(sigma_min, sigma_max)
+    check_sigma_range(sigma_min, sigma_max)
     orders = fast_orders(int(n))
     lam_start, lam_end = -math.log(float(sigma_max)), -math.log(float(sigma_min))
     lams = torch.linspace(lam_start, lam_end, len(orders) + 1, dtype=torch.float64).tolist()
@@ -157,7 +161,7 @@ def dpm_adaptive(model: Denoiser, x: Tensor, sigma_min: float, sigma_max: float,
                  accept_safety: float, eta: float, s_noise: float, noise: NoiseSource,
                  ) -> tuple[Tensor, dict[str, int]]:
     """DPM-Solver-12/23 with k-diffusion's PID controller (module docstring): (x, info)."""
-    _check_sigmas(sigma_min, sigma_max)
+    check_sigma_range(sigma_min, sigma_max)
     if order not in (2, 3):
         raise SolverOptionError(f"dpm_adaptive: order must be 2 or 3, got {order!r}")
     lam_start, lam_end = -math.log(float(sigma_max)), -math.log(float(sigma_min))
