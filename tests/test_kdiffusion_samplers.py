@@ -81,8 +81,8 @@ def _weak_errors(name: str, opts: dict, schedule, steps: list[int]) -> list[floa
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=["EDM", "VP"])
 @pytest.mark.parametrize(("name", "opts", "expected", "steps"), [
-    # measured 2.0 on Gaussian data (its first-order moment errors cancel here; euler_ancestral
-    # measures 0.94 in the same setup, tests/test_stochastic_baselines.py)
+    # measured 2.0 with this Gaussian-data measure (euler_ancestral measures 0.94 in the same
+    # setup, tests/test_stochastic_baselines.py); not derived, see docs/kdiffusion.md
     ("dpm_2_ancestral", {}, 2.0, [20, 40, 80, 160]),
     ("dpm_2_ancestral", {"eta": 0.5}, 2.0, [20, 40, 80, 160]),
     ("dpmpp_2s_ancestral", {}, 2.0, [20, 40, 80, 160]),

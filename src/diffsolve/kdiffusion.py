@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -393,6 +394,16 @@ def _no_more_options(spec: KSampler, options: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ factories
 
 
+def _run_grid_of(spec: KSampler) -> Callable[..., Tensor]:
+    def run(spec: KSampler, model: KDenoiser, x: Tensor, sigmas: Any,
+            extra_args: dict[str, Any] | None, callback: Callback | None, disable: bool | None,
+            options: dict[str, Any]) -> Tensor:
+        return _run_grid(spec, spec.solver, model, x, sigmas, extra_args, callback, disable,
+                         options)
+
+    return run
+
+
 def _signature(spec: KSampler) -> inspect.Signature:
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter(n, kind, default=d) for n, d in spec.params]
@@ -431,12 +442,15 @@ def make_kdiffusion_sampler(spec: KSampler) -> Callable[..., Any]:
         options.update(extras)
         if "noise_sampler" in a:
             options["noise_sampler"] = a["noise_sampler"]
-        runner = {"churn": _run_churn, "lms": _run_lms}.get(spec.run)
-        if runner is not None:
+        runner = {"churn": _run_churn, "lms": _run_lms}.get(spec.run, _run_grid_of(spec))
+        try:
             return runner(spec, model, x, a["sigmas"], a["extra_args"], a["callback"],
                           a["disable"], options)
-        return _run_grid(spec, spec.solver, model, x, a["sigmas"], a["extra_args"],
-                         a["callback"], a["disable"], options)
+        except SolverOptionError as e:  # name the keyword as the caller wrote it
+            renamed = [k for k, v in spec.rename.items() if re.search(rf"\b{v}\b", str(e))]
+            if not renamed:
+                raise
+            raise SolverOptionError(f"sample_{spec.name}: keyword {renamed[0]!r}: {e}") from e
 
     sampler.__signature__ = sig  # type: ignore[attr-defined]
     sampler.__name__ = sampler.__qualname__ = f"sample_{spec.name}"
