@@ -174,6 +174,8 @@ COMFYUI = {
                  "corrector_order=4, use_pece=False, simple_order_2=False, **options)",
     "er_sde": "(model, x, sigmas, extra_args=None, callback=None, disable=None, s_noise=1.0, "
               "noise_sampler=None, noise_scaler=None, max_stage=3, **options)",
+    "lcm": "(model, x, sigmas, extra_args=None, callback=None, disable=None, "
+           "noise_sampler=None, **options)",
 }
 
 
@@ -305,3 +307,16 @@ def test_churn_with_a_sigma_range_past_the_models(setup):
     ds.sample_euler(model, x.clone(), sigmas, disable=True, s_churn=100.0,
                     callback=seen.append)
     assert float(seen[0]["sigma_hat"]) == pytest.approx(float(sigmas[0]) * math.sqrt(2.0))
+
+
+def test_lcm_is_denoise_then_renoise(setup):
+    """ComfyUI's LCM step written out: x <- D(x, sigma_i) + sigma_{i+1} xi (xi from the noise
+    sampler), and the final step into 0 is x <- D."""
+    model, sigmas, x = setup
+    noise = KeyedNoise(tuple(x.shape))
+    expected = x.clone()
+    for i in range(len(sigmas) - 1):
+        d = model(expected, sigmas[i] * torch.ones(x.shape[0]))
+        expected = d + sigmas[i + 1] * noise(sigmas[i], sigmas[i + 1]) if sigmas[i + 1] > 0 else d
+    ours = ds.sample_lcm(model, x.clone(), sigmas, disable=True, noise_sampler=noise)
+    assert rel_diff(ours, expected) < TOL

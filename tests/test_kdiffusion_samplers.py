@@ -143,3 +143,46 @@ def test_nfe_is_declared_honestly():
         solve(model, torch.zeros(2, 1, dtype=torch.float64), _grid(5, schedule), name,
               progress=False, seed=0, denoise_final=False, **opts)
         assert model.nfe == get_solver(name, **opts).nfe(5), name
+
+
+class ConsistencyGaussian:
+    """The exact consistency function of Gaussian data: the end of the probability-flow
+    trajectory through x, f(x, sigma~) = mu + (x~ - mu) sqrt(var/(var + sigma~^2))."""
+
+    def __init__(self, mu: float, var: float) -> None:
+        self.mu, self.var = mu, var
+
+    def denoiser(self, schedule):
+        from diffsolve.models import Denoiser
+
+        points: dict[float, tuple[float, float]] = {}
+
+        def time_input(p):
+            points[p.lam] = (p.alpha, p.sigma)
+            return p.lam
+
+        def net(x, lam_vec):
+            a, s = points[float(lam_vec[0])]
+            s_edm = s / a
+            return self.mu + (x / a - self.mu) * math.sqrt(self.var / (self.var + s_edm**2))
+
+        return Denoiser(net, schedule, prediction="x0", time_input=time_input)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=["EDM", "VP"])
+def test_lcm_is_exact_with_a_consistency_function(schedule):
+    """With the exact consistency function the output law N(mu, var + sigma_min^2) is exact for
+    any N; with the ordinary denoiser E[x0 | x_t] the variance is too small (the check fails)."""
+    mu, var = 0.5, 0.25
+    for n in (2, 5):
+        grid = _grid(n, schedule)
+        a0 = schedule.point(float(grid.lams[0])).alpha
+        a1 = schedule.point(float(grid.lams[-1])).alpha
+        model = ConsistencyGaussian(mu, var).denoiser(schedule)
+        mean, v = linear_output_moments(model, grid, "lcm", mu * a0, (var + SIGMA_MAX**2) * a0**2)
+        assert mean / a1 == pytest.approx(mu, rel=1e-10)
+        assert v / a1**2 == pytest.approx(var + SIGMA_MIN**2, rel=1e-10)
+        plain = GaussianData([mu], [var]).denoiser(schedule)
+        _, v_plain = linear_output_moments(plain, grid, "lcm", mu * a0,
+                                           (var + SIGMA_MAX**2) * a0**2)
+        assert v_plain / a1**2 < 0.9 * (var + SIGMA_MIN**2)

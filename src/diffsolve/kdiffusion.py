@@ -15,8 +15,8 @@ Two kinds of functions:
 
 * **k-diffusion's and ComfyUI's own samplers** (the table :data:`SAMPLERS`): every
   ``sample_*`` of k-diffusion 0.1.1.post1's ``sampling.py`` and ComfyUI's ``sample_seeds_2``,
-  ``sample_seeds_3``, ``sample_sa_solver`` and ``sample_er_sde``, with exactly their keyword
-  names, order and defaults (``inspect.signature``), computing k-diffusion's update
+  ``sample_seeds_3``, ``sample_sa_solver``, ``sample_er_sde`` and ``sample_lcm``, with exactly
+  their keyword names, order and defaults (``inspect.signature``), computing k-diffusion's update
   (tests/test_kdiffusion_peer.py: equal to k-diffusion's own functions to < 1e-10 in float64
   with the same noise). Extra diffsolve keywords go after them: ``seed`` (per-sample noise
   streams), ``noise_sampler`` where k-diffusion has none, and the solver's own options.
@@ -135,6 +135,7 @@ SAMPLERS: tuple[KSampler, ...] = (
     KSampler("er_sde", HEAD + COMMON + (("s_noise", 1.0), ("noise_sampler", None),
                                         ("noise_scaler", None), ("max_stage", 3)),
              "er_sde", rename={"max_stage": "order"}, source=_COMFY),
+    KSampler("lcm", (*HEAD, *COMMON, ("noise_sampler", None)), "lcm", source=_COMFY),
 )
 
 _BY_NAME = {s.name: s for s in SAMPLERS}

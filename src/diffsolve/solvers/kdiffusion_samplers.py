@@ -1,4 +1,4 @@
-r"""k-diffusion's noise-level samplers that have no other diffsolve equivalent.
+r"""k-diffusion's (and ComfyUI's) noise-level samplers that have no other diffsolve equivalent.
 
 Notation (``docs/notation.md``): x = alpha x0 + sigma n, lambda = log(alpha/sigma),
 sigma~ = sigma/alpha = e^{-lambda} (the EDM / k-diffusion noise level), x~ = x/alpha. In x~
@@ -18,6 +18,7 @@ k-diffusion's own updates).
   noise sigma_up (``sample_dpmpp_2s_ancestral``).
 * :class:`DPMSolverPPSDE` -- k-diffusion's stochastic DPM-Solver++ (``sample_dpmpp_sde``):
   both the stage and the full step are ancestral DDIM-type steps.
+* :class:`LCM` -- multistep consistency sampling (ComfyUI's ``sample_lcm``): x <- D, renoised.
 
 The ancestral split of a step s -> n in sigma~ (k-diffusion's ``get_ancestral_step``):
 sigma_up = min(n, eta n sqrt(1 - n^2/s^2)), sigma_down = sqrt(n^2 - sigma_up^2). At eta = 1
@@ -25,8 +26,8 @@ sigma_down = n^2/s: the deterministic part lands where adding N(0, sigma_up^2) r
 marginal at n (the DDPM posterior variance, Ho et al. 2020 eq. 7, in sigma~).
 
 Every coefficient is a host float64 computed once per grid by :meth:`Solver.plan`; the final
-step into sigma = 0 is the sampling loop's denoising step x <- D(x), which is what all five
-k-diffusion samplers do there. Measured orders: ``docs/kdiffusion.md``.
+step into sigma = 0 is the sampling loop's denoising step x <- D(x), which is what all these
+samplers do there. Measured orders: ``docs/kdiffusion.md``.
 """
 
 from __future__ import annotations
@@ -415,3 +416,40 @@ class DPMSolverPPSDE(Solver):
             xi = noise.normal(x, step=i, draw=1, lam_from=p.lam, lam_to=q.lam)
             out.add_(xi, alpha=c.up * self.s_noise)
         return StepOutput(x=q.alpha * out, state=None, denoised=d)
+
+
+@register
+@dataclass(frozen=True)
+class LCM(Solver):
+    r"""Multistep consistency sampling (Song et al. 2023, Alg. 1; Luo et al. 2023, LCM; ComfyUI's
+    ``sample_lcm``): x~_{i+1} = D(x~_i) + sigma~_{i+1} xi, i.e. x_{i+1} = alpha_{i+1} D +
+    sigma_{i+1} xi.
+
+    Meant for consistency / latent-consistency models, whose D maps any x_t to the end of its
+    probability-flow trajectory: then every step renoises an exact sample and the output law is
+    exact for any N (tested with the exact consistency function of Gaussian data). With an
+    ordinary denoiser D = E[x0 | x_t] it does not converge as N grows (it only is exact for a
+    point mass). 1 NFE per step; ``order`` is nominal.
+
+    Args:
+        s_noise: multiplies the injected noise (default 1).
+    """
+
+    name = "lcm"
+    order = 1
+    stochastic = True
+    reference = "Song et al. 2023 (arXiv 2303.01469) Alg. 1; Luo et al. 2023 (arXiv 2310.04378)"
+    s_noise: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_range(self.name, "s_noise", self.s_noise, 0.0, MAX_S_NOISE)
+
+    def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
+             noise: NoiseSource) -> StepOutput:
+        p, q = plan.points[i], plan.points[i + 1]
+        d = model.data(x, p)
+        out = torch.mul(d, q.alpha)
+        if self.s_noise != 0.0:
+            xi = noise.normal(x, step=i, draw=0, lam_from=p.lam, lam_to=q.lam)
+            out.add_(xi, alpha=q.sigma * self.s_noise)
+        return StepOutput(x=out, state=None, denoised=d)
