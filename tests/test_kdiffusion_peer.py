@@ -320,3 +320,22 @@ def test_lcm_is_denoise_then_renoise(setup):
         expected = d + sigmas[i + 1] * noise(sigmas[i], sigmas[i + 1]) if sigmas[i + 1] > 0 else d
     ours = ds.sample_lcm(model, x.clone(), sigmas, disable=True, noise_sampler=noise)
     assert rel_diff(ours, expected) < TOL
+
+
+@pytest.mark.parametrize("n", [5, 6, 10])
+def test_dpm_fast_and_adaptive_spend_the_stated_evaluations(setup, n):
+    """dpm_fast uses exactly n model calls; dpm_adaptive's embedded pair shares evaluations,
+    so its real call count equals its reported nfe (order per trial step)."""
+    model, _, x = setup
+    calls = []
+
+    def counted(x, sigma, **kw):
+        calls.append(1)
+        return model(x, sigma, **kw)
+
+    ds.sample_dpm_fast(counted, x.clone(), 0.02, 40.0, n, disable=True)
+    assert len(calls) == n
+    calls.clear()
+    _, info = ds.sample_dpm_adaptive(counted, x.clone(), 0.02, 40.0, disable=True,
+                                     order=2 if n % 2 else 3, return_info=True)
+    assert len(calls) == info["nfe"] == info["steps"] * (2 if n % 2 else 3)
