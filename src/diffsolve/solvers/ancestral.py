@@ -40,6 +40,7 @@ from .base import (
     uniform_evaluations,
 )
 from .engines.history import LinearStep, linear_update
+from .engines.renoise import ancestral_split
 
 if TYPE_CHECKING:
     from ..core.models import Denoiser
@@ -235,17 +236,6 @@ class DDIMEta(_AffineSolver):
 # ---------------------------------------------------------------------------------------------
 # Euler ancestral
 # ---------------------------------------------------------------------------------------------
-
-
-def ancestral_split(s: float, n: float, eta: float) -> tuple[float, float]:
-    """(sigma_down, sigma_up) of an ancestral step s -> n in sigma~ (k-diffusion convention).
-
-    sigma_up = min(n, eta sqrt(n^2 (s^2 - n^2)/s^2)), sigma_down = sqrt(n^2 - sigma_up^2),
-    so sigma_down^2 + sigma_up^2 = n^2.
-    """
-    up = min(n, eta * n * math.sqrt(max(0.0, -math.expm1(2.0 * math.log(n / s)))))
-    down = math.sqrt(max(0.0, n * n - up * up))
-    return down, up
 
 
 @register

@@ -25,6 +25,7 @@ Warm-up, lower order at the end and per-step order caps come from the multistep 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,6 +56,32 @@ def two_step(points: tuple[EvalPoint, ...], i: int, eta: float,
     slope_w = 0.5 * c.w0 if rule == "midpoint" else c.w1
     return LinearStep(lin=c.lin, weights=(c.w0 + slope_w / r, -slope_w / r),
                       noise_std=c.noise_std)
+
+
+def kdiffusion_3m_step(points: tuple[EvalPoint, ...], i: int, eta: float) -> LinearStep:
+    """k-diffusion's 3M SDE update (``sample_dpmpp_3m_sde``) as weights on D_i, D_{i-1}, D_{i-2}.
+
+    With k h = (1 + eta) h, phi2 = 1 - (1 - e^{-kh})/(kh), phi3 = phi2/(kh) - 1/2, r0 =
+    h_{i-1}/h, r1 = h_{i-2}/h, the scaled differences d0 = (D_i - D_{i-1})/r0,
+    d1 = (D_{i-1} - D_{i-2})/r1 give D' ~ d0 + (d0 - d1) r0/(r0 + r1) and
+    D'' ~ (d0 - d1)/(r0 + r1), and x' = lin x + w0 D_i + alpha (phi2 D' - phi3 D''). The
+    D'' term is half the Taylor coefficient of exact Adams (module docstring).
+    """
+    p_s, p_t = points[i], points[i + 1]
+    c = stage_coefficients(p_s, p_t, eta=eta)
+    h = p_t.lam - p_s.lam
+    kh = (1.0 + eta) * h
+    phi2 = 1.0 + math.expm1(-kh) / kh
+    phi3 = phi2 / kh - 0.5
+    r0 = (p_s.lam - points[i - 1].lam) / h
+    r1 = (points[i - 1].lam - points[i - 2].lam) / h
+    diff = (1.0 / r0, -1.0 / r0 - 1.0 / r1, 1.0 / r1)  # d0 - d1 on (D_i, D_{i-1}, D_{i-2})
+    slope = [a + b * r0 / (r0 + r1) for a, b in zip((1.0 / r0, -1.0 / r0, 0.0), diff,
+                                                     strict=True)]
+    weights = [p_t.alpha * (phi2 * a - phi3 * b / (r0 + r1)) for a, b in zip(slope, diff,
+                                                                            strict=True)]
+    weights[0] += c.w0
+    return LinearStep(lin=c.lin, weights=tuple(weights), noise_std=c.noise_std)
 
 
 def first_order_step(points: tuple[EvalPoint, ...], i: int, eta: float) -> LinearStep:
@@ -174,14 +201,35 @@ class DPMSolverPP2MSDE(_EtaSDE, DPMSolverPP2M):
 class DPMSolverPP3MSDE(_EtaSDE, DPMSolverPP3M):
     """DPM-Solver++(3M) SDE: the third-order exponential Adams update of the eta-SDE.
 
-    1 NFE per step. Note: this uses the exact Adams weights, not the halved second-difference
-    term of k-diffusion's ``sample_dpmpp_3m_sde`` (docs/solvers.md).
+    1 NFE per step. By default this uses the exact Adams weights, not the halved
+    second-difference term of k-diffusion's ``sample_dpmpp_3m_sde`` (docs/solvers.md).
 
     Args:
         eta: stochasticity (1: the reverse SDE; 0: DPM-Solver++(3M)).
         s_noise: multiplies the injected noise.
+        variant: "adams" (default, exact weights) or "kdiffusion" (k-diffusion's update:
+            second step with the phi_2 ("heun") 2M weight, then :func:`kdiffusion_3m_step`;
+            ``diffsolve.kdiffusion`` uses it by default). Its third-order weight is half the
+            Taylor coefficient, so it declares order 2 even with a single-step start.
     """
 
     name = "dpmpp_3m_sde"
     title = "DPM-Solver++(3M) SDE, exponential Adams"
     reference = "Lu et al. 2022b (arXiv 2211.01095) Sec. 4 with the eta-SDE of SEEDS eq. 8"
+    variant: Literal["adams", "kdiffusion"] = "adams"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.name, "variant", self.variant, ("adams", "kdiffusion"))
+
+    @property
+    def nominal_order(self) -> int:
+        return 3 if self.variant == "adams" else 2
+
+    def multistep_step(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
+                       order: int) -> LinearStep:
+        if self.variant == "adams" or order == 1:
+            return super().multistep_step(schedule, points, i, order)
+        if order == 2:
+            return two_step(points, i, self.eta, "heun")
+        return kdiffusion_3m_step(points, i, self.eta)

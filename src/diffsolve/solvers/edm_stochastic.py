@@ -21,6 +21,7 @@ from .base import (
     register,
     uniform_evaluations,
 )
+from .engines.renoise import churn_gamma, churn_std
 
 if TYPE_CHECKING:
     from ..core.models import Denoiser
@@ -92,15 +93,12 @@ class EDMStochastic(Solver):
         p = points[i]
         n_steps = len(points) - 1 + (1 if denoise_final else 0)
         s = p.sigma_edm
-        gamma = (min(self.s_churn / n_steps, math.sqrt(2.0) - 1.0)
-                 if self.s_tmin <= s <= self.s_tmax else 0.0)
+        gamma = churn_gamma(s, n_steps, self.s_churn, self.s_tmin, self.s_tmax)
         s_hat = min(s * (1.0 + gamma), max(s, schedule.sigma_edm_max))
         if s_hat <= s:
             return ChurnStep(hat=p, churn_std=0.0)
         hat = schedule.point(-math.log(s_hat))
-        # sqrt(s_hat^2 - s^2) = s_hat sqrt(1 - (s/s_hat)^2)
-        std = s_hat * math.sqrt(-math.expm1(2.0 * math.log(s / s_hat)))
-        return ChurnStep(hat=hat, churn_std=std)
+        return ChurnStep(hat=hat, churn_std=churn_std(s, s_hat))
 
     def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
              noise: NoiseSource) -> StepOutput:
