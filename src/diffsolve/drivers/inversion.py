@@ -28,6 +28,10 @@ ending at sigma = 0 uses its last finite node, as the final x <- D(x) is not inv
   The model is evaluated at the same (input, lambda) pairs in both directions, so inversion is
   exact up to floating-point rounding (2 NFE per step). Both sequences start at x0; the
   inverted noise is the pair (x_0, y_0) and the reconstruction returns x_N.
+
+Why not the sampling loop (:func:`diffsolve.drivers.loop.integrate`): inversion runs the grid
+backwards (lambda decreasing, model evaluated at the step's end) and EDICT carries two coupled
+states with mixing layers; neither is a registered solver's forward step.
 """
 
 from __future__ import annotations

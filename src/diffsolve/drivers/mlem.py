@@ -45,6 +45,10 @@ the whole batch).
 
 **Last step.** The loop's final denoising step x <- D(x) at sigma = 0 uses the top model
 (a single randomised estimate there would not be averaged over steps), costing one top call.
+
+Why not the sampling loop (:func:`diffsolve.drivers.loop.integrate`): each step draws which
+levels to evaluate (the randomised telescoping estimate) and accounts the evaluations of each
+level; the EM update itself is the registry's ``euler_maruyama`` plan.
 """
 
 from __future__ import annotations

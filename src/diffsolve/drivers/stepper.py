@@ -19,6 +19,10 @@ tensor operations and no extra model evaluation. Noise drawn during a step is ca
 
 The evaluation points of every solver depend on the grid only, never on x, so the full list
 of points (diffusers' ``timesteps``) is known before sampling: :func:`evaluation_points`.
+
+Why not the sampling loop (:func:`diffsolve.drivers.loop.integrate`): control is inverted (the
+caller evaluates the model), so a step cannot run to completion in one call; the Stepper
+replays the solver's own ``step`` instead, and is tested bitwise equal to the loop.
 """
 
 from __future__ import annotations

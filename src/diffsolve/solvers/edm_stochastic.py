@@ -5,7 +5,6 @@ measured orders: ``docs/stochastic_baselines.md``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,32 +12,21 @@ from torch import Tensor
 
 from ..core.schedules import EvalPoint, NoiseSchedule
 from .base import (
-    MAX_S_NOISE,
     GridPlan,
-    Solver,
     StepOutput,
-    check_range,
     register,
     uniform_evaluations,
 )
-from .engines.renoise import churn_gamma, churn_std
+from .engines.renoise import Churn, ChurnSolver
 
 if TYPE_CHECKING:
     from ..core.models import Denoiser
     from ..core.noise import NoiseSource
 
 
-@dataclass(frozen=True)
-class ChurnStep:
-    """Precomputed churn + Heun step: the churned point and the noise std in sigma~."""
-
-    hat: EvalPoint
-    churn_std: float
-
-
 @register
 @dataclass(frozen=True)
-class EDMStochastic(Solver):
+class EDMStochastic(ChurnSolver):
     r"""EDM stochastic sampler (Karras et al. 2022, Algorithm 2), in sigma~ for any schedule.
 
     For step i of N (N = grid intervals, the final one into sigma = 0 included):
@@ -74,41 +62,19 @@ class EDMStochastic(Solver):
     s_tmax: float = 50.0
     s_noise: float = 1.0
 
-    def __post_init__(self) -> None:
-        check_range(self.name, "s_churn", self.s_churn, 0.0, 1e6)
-        check_range(self.name, "s_tmin", self.s_tmin, 0.0, math.inf)
-        check_range(self.name, "s_tmax", self.s_tmax, self.s_tmin, math.inf)
-        check_range(self.name, "s_noise", self.s_noise, 0.0, MAX_S_NOISE)
-
-    @property
-    def weak_order(self) -> float | None:
-        """2 as S_churn/N -> 0 (churn is exact, Heun second order); None without churn."""
-        return 2.0 if self.s_churn > 0 and self.s_noise > 0 else None
-
     def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
         return uniform_evaluations(2, steps)
 
     def step_coefficients(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...],
-                          i: int, denoise_final: bool) -> ChurnStep:
-        p = points[i]
-        n_steps = len(points) - 1 + (1 if denoise_final else 0)
-        s = p.sigma_edm
-        gamma = churn_gamma(s, n_steps, self.s_churn, self.s_tmin, self.s_tmax)
-        s_hat = min(s * (1.0 + gamma), max(s, schedule.sigma_edm_max))
-        if s_hat <= s:
-            return ChurnStep(hat=p, churn_std=0.0)
-        hat = schedule.point(-math.log(s_hat))
-        return ChurnStep(hat=hat, churn_std=churn_std(s, s_hat))
+                          i: int, denoise_final: bool) -> Churn:
+        return self.churn(schedule, points, i, denoise_final)
 
     def step(self, i: int, x: Tensor, state: object, plan: GridPlan, model: Denoiser,
              noise: NoiseSource) -> StepOutput:
-        p, q = plan.points[i], plan.points[i + 1]
-        c: ChurnStep = plan.extra[i]
+        q = plan.points[i + 1]
+        c: Churn = plan.extra[i]
         hat = c.hat
-        x_ve = x / p.alpha
-        if c.churn_std > 0.0 and self.s_noise != 0.0:
-            xi = noise.normal(x, step=i, draw=0, lam_from=p.lam, lam_to=q.lam)
-            x_ve = x_ve + (c.churn_std * self.s_noise) * xi  # Alg. 2 lines 5-6
+        x_ve = self.churned(i, x, c, plan, noise)  # Alg. 2 lines 5-6
         s_hat, ds = hat.sigma_edm, q.sigma_edm - hat.sigma_edm
         d = model.data(hat.alpha * x_ve, hat)
         slope = (x_ve - d) / s_hat  # line 7

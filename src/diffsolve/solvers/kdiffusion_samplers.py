@@ -50,77 +50,18 @@ from .base import (
     register,
     uniform_evaluations,
 )
-from .engines.renoise import ancestral_split, churn_gamma, churn_std
+from .engines.renoise import Churn, ChurnSolver, ancestral_split
 
 if TYPE_CHECKING:
     from ..core.models import Denoiser
     from ..core.noise import NoiseSource
 
-@dataclass(frozen=True)
-class Churn:
-    """The churned start of one step: the point at sigma_hat and the noise std to get there."""
-
-    hat: EvalPoint
-    std: float
-
-
-@dataclass(frozen=True)
-class _ChurnSolver(Solver):
-    """Karras churn before a deterministic step (not registered itself).
-
-    Args:
-        s_churn: S_churn >= 0 (default 0: no churn, a deterministic solver).
-        s_tmin, s_tmax: the sigma~ window where churn applies (default [0, inf)).
-        s_noise: S_noise, multiplies the churn noise (default 1).
-    """
-
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
-
-    def __post_init__(self) -> None:
-        check_range(self.name, "s_churn", self.s_churn, 0.0, 1e6)
-        check_range(self.name, "s_tmin", self.s_tmin, 0.0, math.inf)
-        check_range(self.name, "s_tmax", self.s_tmax, self.s_tmin, math.inf)
-        check_range(self.name, "s_noise", self.s_noise, 0.0, MAX_S_NOISE)
-
-    @property
-    def weak_order(self) -> float | None:
-        """The deterministic order with churn (measured: Euler 0.92, DPM-2 1.96 with
-        S_churn = 10, docs/kdiffusion.md); None without churn."""
-        return float(self.order) if self.s_churn > 0 and self.s_noise > 0 else None
-
-    def churn(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
-              denoise_final: bool) -> Churn:
-        """sigma_hat = sigma~_i (1 + gamma_i), capped at the schedule's sigma~_max so the model
-        is never evaluated outside its range."""
-        p = points[i]
-        n_steps = len(points) - 1 + (1 if denoise_final else 0)
-        s = p.sigma_edm
-        gamma = churn_gamma(s, n_steps, self.s_churn, self.s_tmin, self.s_tmax)
-        s_hat = min(s * (1.0 + gamma), max(s, schedule.sigma_edm_max))
-        if s_hat <= s:
-            return Churn(hat=p, std=0.0)
-        return Churn(hat=schedule.point(-math.log(s_hat)), std=churn_std(s, s_hat))
-
-    def churned(self, i: int, x: Tensor, c: Churn, plan: GridPlan, noise: NoiseSource,
-                ) -> Tensor:
-        """x~_hat = x~_i + sqrt(sigma_hat^2 - sigma~_i^2) S_noise xi (Alg. 2 lines 5-6)."""
-        p, q = plan.points[i], plan.points[i + 1]
-        x_ve = x / p.alpha
-        if c.std > 0.0 and self.s_noise != 0.0:
-            xi = noise.normal(x, step=i, draw=0, lam_from=p.lam, lam_to=q.lam)
-            x_ve = x_ve + (c.std * self.s_noise) * xi
-        return x_ve
-
-
 @register
 @dataclass(frozen=True)
-class EulerChurn(_ChurnSolver):
+class EulerChurn(ChurnSolver):
     r"""Euler in sigma~ after EDM's churn (k-diffusion ``sample_euler`` with ``s_churn``).
 
-    x~_hat as in :meth:`_ChurnSolver.churned`, D = D(x~_hat, sigma_hat), then
+    x~_hat as in :meth:`ChurnSolver.churned`, D = D(x~_hat, sigma_hat), then
     x~_{i+1} = x~_hat + (sigma~_{i+1} - sigma_hat)(x~_hat - D)/sigma_hat. Without churn
     (the default) this is ``euler``. Order 1; weak order 1 with S_churn/N -> 0. 1 NFE per step.
     """
@@ -181,10 +122,10 @@ def run_dpm2(x_ve: Tensor, d1: Tensor, c: DPM2Step, model: Denoiser) -> Tensor:
 
 @register
 @dataclass(frozen=True)
-class DPM2(_ChurnSolver):
+class DPM2(ChurnSolver):
     r"""DPM-Solver-2 in sigma~ with optional churn (k-diffusion ``sample_dpm_2``).
 
-    From x~_hat at sigma_hat (:meth:`_ChurnSolver.churned`; no churn by default) to
+    From x~_hat at sigma_hat (:meth:`ChurnSolver.churned`; no churn by default) to
     n = sigma~_{i+1}: an Euler stage to m = sqrt(sigma_hat n) (the lambda midpoint), then the
     full step with the slope at m (:func:`dpm2_step`). As a Runge-Kutta method in sigma~ the
     stage sits at the fraction c = sqrt(s)/(sqrt(s) + sqrt(n)) = 1/2 + O(h) of the step with
