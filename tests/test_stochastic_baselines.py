@@ -80,7 +80,7 @@ def test_ddim_eta_noise_matches_the_alphabar_form():
         for k, (n_s, n_t) in enumerate(itertools.pairwise(idx)):
             abs_, abt = float(ab[n_s]), float(ab[n_t])
             c = eta * math.sqrt((1 - abt) / (1 - abs_)) * math.sqrt(1 - abs_ / abt)
-            assert abs(plan.extra[k].c - c) < 1e-12 * max(c, 1e-3)
+            assert abs(plan.extra[k].noise_std - c) < 1e-12 * max(c, 1e-3)
 
 
 @pytest.mark.parametrize("schedule", [EDM(0.01, 50.0), VPLinear(), DiscreteVP.linear()],

@@ -127,7 +127,9 @@ class IPNDM(_EpsMultistep):
     name = "ipndm"
     title = "iPNDM (fixed Adams weights)"
     reference = "Zhang & Chen 2023 (arXiv 2204.13902) App. iPNDM; Liu et al. 2022 PNDM eq. 12"
-    nominal_order = 2  # fixed weights: second order on grids not uniform in sigma~
+    @property
+    def nominal_order(self) -> int:  # fixed weights: at most 2 on grids not uniform in sigma~
+        return min(self.history_order, 2)
 
     def multistep_step(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
                        order: int) -> LinearStep:

@@ -72,7 +72,8 @@ class StageRow:
 class StageTable:
     """The stages of a single-step exponential RK method; checks its own consistency.
 
-    Rows are the intermediate stages followed by the step's end (c = 1). The model is
+    Rows are the intermediate stages followed by the step's end (c = 1); an intermediate stage
+    may sit at the end too (c = 1: e.g. exponential Heun, r = 1). The model is
     evaluated at the step's start and at every intermediate stage, so a step costs
     ``len(rows)`` evaluations (:attr:`evaluations`).
     """
@@ -85,8 +86,11 @@ class StageTable:
         if not rows:
             raise StageTableError("a stage table needs at least the final row (c = 1)")
         cs = [r.c for r in rows]
-        if any(not (0.0 < c <= 1.0) for c in cs) or any(b <= a for a, b in itertools.pairwise(cs)):
-            raise StageTableError(f"stage fractions must increase strictly in (0, 1]: {cs}")
+        inner = cs[:-1]
+        if any(not (0.0 < c <= 1.0) for c in inner) or any(
+                b <= a for a, b in itertools.pairwise(inner)):
+            raise StageTableError(f"intermediate stage fractions must increase strictly in "
+                                  f"(0, 1]: {inner}")
         if cs[-1] != 1.0:
             raise StageTableError(f"the last row must be the step's end (c = 1), got {cs[-1]}")
         for j, r in enumerate(rows):
