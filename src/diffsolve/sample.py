@@ -21,6 +21,7 @@ from .grids import Grid, make_grid
 from .models import Denoiser
 from .noise import NoiseSource, make_noise
 from .solvers import Solver, get_solver
+from .validation import check_sample_args, check_solve_args
 
 CheckFinite = Literal["auto", "step", "end", "off"]
 Callback = Callable[[dict[str, Any]], None]
@@ -138,6 +139,7 @@ def solve(
             the check, "auto" is "step" on CPU and "end" elsewhere.
         **solver_options: options of the named solver (unknown options raise).
     """
+    check_solve_args(model, x, solver, solver_options)
     solver_obj = get_solver(solver, **solver_options)
     if check_finite not in ("auto", "step", "end", "off"):
         raise SolverOptionError(f"check_finite must be auto/step/end/off, got {check_finite!r}")
@@ -254,6 +256,7 @@ def sample(
         **kwargs: passed to :func:`solve` (callback, progress, return_trajectory,
             denoise_final, check_finite) and the solver's options.
     """
+    check_sample_args(locals())
     solver_obj = get_solver(solver, **{k: v for k, v in kwargs.items() if k not in _SOLVE_KEYS})
     solve_kwargs = {k: v for k, v in kwargs.items() if k in _SOLVE_KEYS}
     if (steps is None) == (nfe is None) and not isinstance(grid, Grid) and isinstance(grid, str):
