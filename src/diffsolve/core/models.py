@@ -36,6 +36,7 @@ from torch import Tensor
 
 from .errors import IncompatibleModelError
 from .schedules import EDM, EvalPoint, NoiseSchedule
+from .validation import check_cond_batch
 
 Prediction = Literal["eps", "x0", "v", "score", "flow", "edm"]
 TimeInput = Literal["t", "sigma", "lambda", "edm"]
@@ -204,6 +205,7 @@ class Denoiser:
     def _raw(self, x_in: Tensor, time_value: float) -> Tensor:
         """The network output, with classifier-free guidance applied to it (affine, so
         guiding the raw output equals guiding D for every parameterization)."""
+        check_cond_batch(self, x_in.shape[0])
         base = self.extra_args
         if self.guidance_scale is None:
             return self._call_net(x_in, time_value, {**base, **self.cond})

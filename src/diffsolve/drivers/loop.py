@@ -24,6 +24,7 @@ from ..core.grids import Grid, make_grid
 from ..core.models import Denoiser
 from ..core.noise import NoiseSource, make_noise
 from ..solvers import GridPlan, Solver, get_solver
+from .arguments import SOLVE_KEYS, check_sample_args, check_solve_args
 
 CheckFinite = Literal["auto", "step", "end", "off"]
 Callback = Callable[[dict[str, Any]], None]
@@ -159,6 +160,7 @@ def solve(
             the check, "auto" is "step" on CPU and "end" elsewhere.
         **solver_options: options of the named solver (unknown options raise).
     """
+    check_solve_args(model, x, solver, solver_options)
     solver_obj = get_solver(solver, **solver_options)
     if check_finite not in ("auto", "step", "end", "off"):
         raise SolverOptionError(f"check_finite must be auto/step/end/off, got {check_finite!r}")
@@ -265,8 +267,9 @@ def sample(
         **kwargs: passed to :func:`solve` (callback, progress, return_trajectory,
             denoise_final, check_finite) and the solver's options.
     """
-    solver_obj = get_solver(solver, **{k: v for k, v in kwargs.items() if k not in _SOLVE_KEYS})
-    solve_kwargs = {k: v for k, v in kwargs.items() if k in _SOLVE_KEYS}
+    check_sample_args(locals())
+    solver_obj = get_solver(solver, **{k: v for k, v in kwargs.items() if k not in SOLVE_KEYS})
+    solve_kwargs = {k: v for k, v in kwargs.items() if k in SOLVE_KEYS}
     if (steps is None) == (nfe is None) and not isinstance(grid, Grid) and isinstance(grid, str):
         raise SolverOptionError("give exactly one of `steps` and `nfe`")
     options = dict(grid_options or {})
@@ -283,6 +286,3 @@ def sample(
     return solve(model, x, the_grid, solver_obj, noise=noise, seed=seed, offset=offset,
                  **solve_kwargs)
 
-
-_SOLVE_KEYS = frozenset({"callback", "progress", "return_trajectory", "denoise_final",
-                         "check_finite"})

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from ..core.errors import SolverOptionError
 from ..core.schedules import EvalPoint, NoiseSchedule
+from ..core.validation import MAX_NFE
 
 if TYPE_CHECKING:
     from ..core.models import Denoiser
@@ -220,8 +221,6 @@ def uniform_evaluations(per_step: int, steps: int) -> tuple[int, ...]:
 
 #: a step index past every warm-up, used to read the steady per-step cost
 STEADY_PROBE = 8
-#: the largest NFE budget accepted (refused before anything is allocated)
-MAX_NFE = 1_000_000
 
 _REGISTRY: dict[str, type[Solver]] = {}
 

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 
 from ..core.errors import IncompatibleModelError
 from .data import DIGITS_SHAPE, load_digits_split
+from .pretrained import verify_weights
 
 CLASSIFIER_DEFAULTS: dict[str, Any] = {"arch": "digits_cnn", "width": 32, "features": 128,
                                        "dropout": 0.3}
@@ -167,6 +168,7 @@ def load_classifier(path: str | os.PathLike[str] | None = None) -> DigitsClassif
             "(pickle formats such as .pt/.pkl can run arbitrary code)")
     card = json.loads(p.with_suffix(".json").read_text())
     model = DigitsClassifier(card["net"])
+    verify_weights(p, card, p.with_suffix(".json"))  # SHA-256 in the card (shipped: always)
     model.load_state_dict(load_file(str(p)))
     model.card = card  # type: ignore[assignment]
     return model.eval().requires_grad_(False)
