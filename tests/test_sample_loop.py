@@ -45,7 +45,7 @@ def test_solver_contract(name, gmm_model):
 def test_capabilities_declared(name):
     cls = solver_class(name)
     solver = get_solver(name)
-    assert solver.order >= 1 and solver.steady_evaluations >= 1
+    assert solver.order >= 0 and solver.steady_evaluations >= 1  # lcm: 0, no convergence
     assert cls.reference, f"{name} cites no paper"
     assert cls.__doc__ and "NFE" in cls.__doc__, f"{name} docstring must state NFE per step"
 

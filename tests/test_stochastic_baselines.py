@@ -169,7 +169,7 @@ def test_edm_stochastic_churn_schedule():
             hat = plan.extra[i].hat
             assert abs(hat.sigma_edm - s * (1 + gamma)) < 1e-9 * s
             assert abs(math.log(hat.alpha / hat.sigma) - hat.lam) < 1e-12
-            assert abs(plan.extra[i].churn_std - s * math.sqrt((1 + gamma) ** 2 - 1)) < 1e-9 * s
+            assert abs(plan.extra[i].std - s * math.sqrt((1 + gamma) ** 2 - 1)) < 1e-9 * s
 
 
 def test_er_sde_weights_match_the_papers_integrated_form():
