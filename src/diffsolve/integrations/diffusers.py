@@ -70,6 +70,7 @@ from .diffusers_map import (
     flow_edm_sigmas,
     infer_class,
     peer_grid,
+    peer_schedule,
     peer_scheduler,
     source_class,
     unsupported_keys,
@@ -175,12 +176,8 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.solver = get_solver(name, **options)
         self._default_solver = choice is not None
         self.flow = is_flow_config(cfg)
-        peer_table = getattr(self._peer, "alphas_cumprod", None)
-        if peer_table is not None and not self.flow:
-            # the replaced scheduler's own (float32) table, so that sigmas agree bit for bit
-            self.schedule: NoiseSchedule = DiscreteVP(peer_table.to(torch.float64))
-        else:
-            self.schedule = schedule_from_config(cfg)
+        self.schedule: NoiseSchedule = peer_schedule(self._peer, self.flow) or \
+            schedule_from_config(cfg)
         self.prediction = prediction_from_config(src if src is not None else cfg)
         self._time_scale = model_time_scale(cfg)
         self._ve = self._source in VE_STATE
@@ -282,13 +279,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._segments = None
         node_t: list[float] | None = None
         peer_t: Tensor | None = None
+        use_peer = False
         if self._peer is not None:
             kw = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas), ("mu", mu))
                   if v is not None}
             accepted = inspect.signature(self._peer.set_timesteps).parameters
-            bad = [k for k in kw if k not in accepted]
-            if bad:
-                raise SolverOptionError(f"{self._source}.set_timesteps takes no {bad[0]}")
+            use_peer = all(k in accepted for k in kw)
+        if self._peer is not None and use_peer:
             pg = peer_grid(self._peer, self._source or "", num_inference_steps, **kw)
             sig = (flow_edm_sigmas(pg.sigmas, self.schedule.t_max) if self.flow
                    else pg.sigmas)
@@ -675,7 +672,13 @@ def wrap(model: Callable[..., Any], scheduler_config: Any, *,
         extra_args: keyword arguments for every call.
     """
     cfg = as_config(scheduler_config)
-    schedule = schedule_from_config(cfg)
+    if "_class_name" not in cfg:
+        name = (type(scheduler_config).__name__ if isinstance(scheduler_config, SchedulerMixin)
+                else infer_class(cfg))
+        if name is not None:
+            cfg["_class_name"] = name
+    schedule = peer_schedule(peer_scheduler(cfg), is_flow_config(cfg)) or \
+        schedule_from_config(cfg)
     scale = model_time_scale(cfg)
     time_input: Any = (lambda p: p.t * scale) if scale != 1.0 else "t"
     if guidance_scale is not None and cond is None:

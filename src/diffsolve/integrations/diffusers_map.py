@@ -32,6 +32,8 @@ import numpy as np
 import torch
 
 from ..errors import IncompatibleModelError
+from ..schedules import DiscreteVP, NoiseSchedule, RectifiedFlow
+from .diffusers_config import FLOW_T_MIN
 
 # Schedulers whose pipeline latents are x / alpha (k-diffusion's sigma~ scaling): the pipeline
 # multiplies its noise by init_noise_sigma and divides the network input by sqrt(sigma~^2 + 1).
@@ -145,7 +147,6 @@ def infer_class(cfg: Mapping[str, Any]) -> str | None:
     import inspect
 
     import diffusers
-
     from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers
 
     keys = {k for k in cfg if not k.startswith("_")}
@@ -230,6 +231,24 @@ class PeerGrid:
     timesteps: torch.Tensor
     segments: list[tuple[float, float]] | None = None
     init_noise_sigma: float = 1.0
+
+
+PEER_FLOW_T_MAX = 1.0 - 1e-9  # flow grids of X start at t = 1 (lambda = -inf): this close
+
+
+def peer_schedule(peer: Any | None, flow: bool) -> NoiseSchedule | None:
+    """X's own schedule: its (float32) ``alphas_cumprod`` table, so that every sigma agrees
+    with X's bit for bit, or the rectified flow reaching t = 1 - 1e-9. None when X has no
+    table with 0 < abar < 1 (a zero terminal SNR keeps diffsolve's own table, see
+    :func:`~diffsolve.integrations.diffusers_config.rescale_zero_terminal_snr`)."""
+    if peer is None:
+        return None
+    if flow:
+        return RectifiedFlow(t_min=FLOW_T_MIN, t_max=PEER_FLOW_T_MAX)
+    table = getattr(peer, "alphas_cumprod", None)
+    if table is None or not bool(((table > 0) & (table < 1)).all()):
+        return None
+    return DiscreteVP(torch.as_tensor(table).to(torch.float64))
 
 
 def _sigma_of_abar(abar: float) -> float:
