@@ -25,6 +25,7 @@ noise level than the solver assumes); the flow grid starts at t = 1 - 1e-5 inste
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import warnings
@@ -64,6 +65,7 @@ from .diffusers_config import (
     spaced_timesteps,
 )
 from .diffusers_map import (
+    EDM_PRECONDITIONED,
     VE_STATE,
     as_int_if_integral,
     default_solver,
@@ -254,6 +256,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 except IncompatibleModelError:
                     if kwargs.get("solver") is None:
                         raise
+            if src_name in EDM_PRECONDITIONED:
+                raise IncompatibleModelError(
+                    f"{src_name} is an EDM-preconditioned scheduler (the pipeline scales the "
+                    "network's input and output by sigma); DiffsolveScheduler does not reproduce "
+                    "it: use diffsolve.solve with diffsolve.schedules.EDM instead")
+            if known and choice is None and kwargs.get("solver") is None:
+                warnings.warn(f"no diffsolve solver reproduces {src_name}'s update; using "
+                              "dpmpp_2m on its grid (pass solver=... to choose)", stacklevel=2)
             if known:
                 ignored = unsupported_keys(src, choice)
             else:
@@ -294,6 +304,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self.init_noise_sigma = pg.init_noise_sigma
             if pg.segments is not None and self.solver.name in ("ddim", "ddim_eta"):
                 self._segments = pg.segments
+            self._apply_euler_at_final()
         else:
             self.grid = self._make_grid(num_inference_steps, timesteps, sigmas, mu)
         plan = evaluation_plan(self.solver, self.schedule, self.grid)
@@ -399,6 +410,18 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, stacklevel=3)
+
+    def _apply_euler_at_final(self) -> None:
+        """DPMSolverMultistep's ``euler_at_final``: a first-order last step (on grids that do
+        not end with the denoising step, which is first order anyway)."""
+        src = self.config.source_config or {}
+        assert self.grid is not None
+        if not (src.get("euler_at_final") and self._default_solver and not self.grid.to_zero
+                and "step_order_caps" in self.solver.options()):
+            return
+        steps = len(self.grid.finite_lams()) - 1
+        caps = (type(self.solver).order,) * (steps - 1) + (1,)
+        self.solver = dataclasses.replace(self.solver, step_order_caps=caps)
 
     def _clip(self, d: Tensor) -> Tensor:
         """The replaced scheduler's treatment of the data prediction: dynamic thresholding

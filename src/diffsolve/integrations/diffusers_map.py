@@ -43,6 +43,9 @@ VE_STATE = frozenset({
     "DPMSolverSDEScheduler",
 })
 
+EDM_PRECONDITIONED = frozenset({"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler",
+                                "CosineDPMSolverMultistepScheduler"})
+
 # config keys whose only effect is the training table or the grid (computed by X itself)
 _GRID_KEYS = frozenset({
     "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
@@ -115,6 +118,7 @@ def _unipc(cfg: Mapping[str, Any]) -> SolverChoice:
 
 def _deis(cfg: Mapping[str, Any]) -> SolverChoice:
     return SolverChoice("deis", {"solver_order": int(cfg.get("solver_order", 2)),
+                                 "basis": "log_rho",
                                  "lower_order_final": bool(cfg.get("lower_order_final", True))},
                         frozenset({"solver_order", "lower_order_final"}))
 
