@@ -653,7 +653,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         assert self.grid is not None
         grid = self.grid if node == 0 else Grid.from_lambdas(self.grid.lams[node:], self.schedule)
         state = self._to_internal(sample, begin)
-        self._stepper = Stepper(self.solver, self.schedule, grid, state, noise=self._noise(state))
+        solver = self.solver
+        caps = getattr(solver, "step_order_caps", None)
+        if node > 0 and caps is not None:  # per-step caps of the full grid: keep the tail
+            solver = dataclasses.replace(solver, step_order_caps=tuple(caps[node:]))
+        self._stepper = Stepper(solver, self.schedule, grid, state, noise=self._noise(state))
         self._step_index = begin
         self._last_returned = sample
 

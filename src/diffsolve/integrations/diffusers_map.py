@@ -250,7 +250,8 @@ def peer_schedule(peer: Any | None, flow: bool) -> NoiseSchedule | None:
     if flow:
         return RectifiedFlow(t_min=FLOW_T_MIN, t_max=PEER_FLOW_T_MAX)
     table = getattr(peer, "alphas_cumprod", None)
-    if table is None or not bool(((table > 0) & (table < 1)).all()):
+    if table is None or not bool(((table > 0) & (table < 1)).all()
+                                 and (table[1:] < table[:-1]).all()):
         return None
     return DiscreteVP(torch.as_tensor(table).to(torch.float64))
 
@@ -277,7 +278,7 @@ def peer_grid(peer: Any, name: str, steps: int | None, **kwargs: Any) -> PeerGri
     ts = peer.timesteps.detach().cpu()
     tl = [float(v) for v in ts.to(torch.float64)]
     init = float(getattr(peer, "init_noise_sigma", 1.0))
-    if name in ("DDIMScheduler", "DDPMScheduler"):
+    if name in ("DDIMScheduler", "DDPMScheduler", "PNDMScheduler"):
         abar = peer.alphas_cumprod.to(torch.float64)
         sig = [_sigma_of_abar(float(abar[int(t)])) for t in tl]
         segments = None
