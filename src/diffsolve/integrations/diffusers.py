@@ -16,11 +16,10 @@ networks as diffsolve models.
   its scheduler config into a :class:`diffsolve.Denoiser` (discrete VP with fractional
   timesteps, or flow matching), with classifier-free guidance for conditional networks.
 
-Differences from diffusers' own schedulers, on purpose (pinned by tests/test_diffusers.py):
-Karras/exponential/Lu grids keep fractional timesteps t(sigma) (diffusers rounds the network's
-timestep to an integer but keeps the unrounded sigma, so its model sees a slightly different
-noise level than the solver assumes); the flow grid starts at t = 1 - 1e-5 instead of t = 1
-(lambda = -inf is not a finite grid node); ``thresholding`` and ``clip_sample`` are not applied.
+``from_config(X.config)`` of a diffusers scheduler X reproduces X (X's grid, X's table, the
+solver whose update is X's; :mod:`diffsolve.integrations.diffusers_map`); the remaining
+differences and their reasons are listed in docs/diffusers.md and pinned by
+tests/test_diffusers_conformance.py.
 """
 
 from __future__ import annotations
