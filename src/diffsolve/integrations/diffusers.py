@@ -65,6 +65,7 @@ from .diffusers_config import (
 )
 from .diffusers_map import (
     EDM_PRECONDITIONED,
+    FEW_STEPS,
     VE_STATE,
     as_int_if_integral,
     default_solver,
@@ -514,7 +515,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                     c2 = q.sigma * math.sqrt(max(0.0, 1.0 - eta**2 * one_minus))
                     alpha_next = q.alpha
                 b_coef = alpha_next - c2 * point.alpha / point.sigma
-                fed = raw + (alpha_next / b_coef) * (denoised - raw)
+                # in float64: alpha'/b is large on early steps
+                fed = (raw.double() + (alpha_next / b_coef) * (denoised.double() - raw.double())
+                       ).to(raw.dtype)
             stepper.feed(fed)
             x = stepper.x
         elif denoised is not raw and not self._use_clipped_output:
@@ -656,6 +659,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         caps = getattr(solver, "step_order_caps", None)
         if node > 0 and caps is not None:  # per-step caps of the full grid: keep the tail
             solver = dataclasses.replace(solver, step_order_caps=tuple(caps[node:]))
+        full = len(self.grid.finite_lams()) - 1 + (1 if self.grid.to_zero else 0)
+        if node > 0 and "full_steps" in solver.options():
+            solver = dataclasses.replace(solver, full_steps=full)
+        elif (node > 0 and self._default_solver and full >= FEW_STEPS
+              and getattr(solver, "lower_order_final", False)):
+            # diffusers decides "fewer than 15 steps" on the whole schedule, not on the part
+            # an img2img run samples
+            solver = dataclasses.replace(solver, lower_order_final=False)
         self._stepper = Stepper(solver, self.schedule, grid, state, noise=self._noise(state))
         self._step_index = begin
         self._last_returned = sample

@@ -43,6 +43,7 @@ VE_STATE = frozenset({
     "DPMSolverSDEScheduler",
 })
 
+FEW_STEPS = 15  # diffusers' multistep schedulers lower their final orders below this many steps
 EDM_PRECONDITIONED = frozenset({"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler",
                                 "CosineDPMSolverMultistepScheduler"})
 
@@ -77,32 +78,24 @@ class SolverChoice:
 
 
 def _dpm_multistep(cfg: Mapping[str, Any]) -> SolverChoice:
+    """DPMSolverMultistep: DPM-Solver++(2M) (the common case, ``dpmpp_2m``) or
+    ``dpm_multistep`` with the scheduler's options (every other algorithm type and order)."""
     algo = cfg.get("algorithm_type", "dpmsolver++")
     order = int(cfg.get("solver_order", 2))
     low = bool(cfg.get("lower_order_final", True))
+    kind = cfg.get("solver_type", "midpoint")
     keys = frozenset({"algorithm_type", "solver_order", "lower_order_final", "solver_type",
                       "euler_at_final"})
-    if algo == "dpmsolver++":
-        if order == 1:
-            return SolverChoice("ddim", {}, keys)
-        if order == 2:
-            return SolverChoice("dpmpp_2m", {"lower_order_final": low,
-                                             "solver_type": cfg.get("solver_type", "midpoint")},
-                                keys)
-        return SolverChoice("dpmpp_3m", {"lower_order_final": low}, keys)
-    if algo == "sde-dpmsolver++":
-        if order == 1:
-            return SolverChoice("ddpm", {}, keys)
-        if order == 2:
-            return SolverChoice("dpmpp_2m_sde", {"lower_order_final": low, "eta": 1.0,
-                                                 "solver_type": cfg.get("solver_type",
-                                                                        "midpoint")}, keys)
-        return SolverChoice("dpmpp_3m_sde", {"lower_order_final": low, "eta": 1.0}, keys)
-    if algo == "dpmsolver" and order == 1:
-        return SolverChoice("ddim", {}, keys)
-    raise IncompatibleModelError(
-        f"DPMSolverMultistepScheduler with algorithm_type={algo!r} and solver_order={order} has "
-        "no equivalent diffsolve solver; pass solver=... (e.g. 'dpmpp_2m') to choose one")
+    if algo == "dpmsolver++" and order == 2:
+        return SolverChoice("dpmpp_2m", {"lower_order_final": low, "solver_type": kind}, keys)
+    if algo not in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"):
+        raise IncompatibleModelError(
+            f"DPMSolverMultistepScheduler with algorithm_type={algo!r} has no diffsolve "
+            "equivalent; pass solver=... (e.g. 'dpmpp_2m') to choose one")
+    return SolverChoice("dpm_multistep", {
+        "algorithm_type": algo, "solver_order": order, "solver_type": kind,
+        "lower_order_final": low, "euler_at_final": bool(cfg.get("euler_at_final", False))},
+        keys)
 
 
 def _unipc(cfg: Mapping[str, Any]) -> SolverChoice:

@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     deis,
+    dpm_multistep,
     dpm_solver_v3,
     euler_heun,
     forward_value,
