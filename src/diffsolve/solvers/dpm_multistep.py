@@ -138,6 +138,7 @@ def step_orders(order: int, total: int, steps: int, lower_order_final: bool,
 @dataclass(frozen=True)
 class DPMMultistep(Solver):
     r"""DPM-Solver / DPM-Solver++ multistep, ODE or SDE, orders 1-3 (module docstring).
+    1 NFE per step. ``order`` is that of the defaults (dpmsolver++, solver_order 2).
 
     Args:
         algorithm_type: "dpmsolver++" (data prediction, default), "dpmsolver" (noise
@@ -151,7 +152,7 @@ class DPMMultistep(Solver):
     """
 
     name = "dpm_multistep"
-    order = 3
+    order = 2
     stochastic = False
     reference = ("Lu et al. 2022a (arXiv 2206.00927) eq. 3.7, Alg. 1-2; Lu et al. 2022b "
                  "(arXiv 2211.01095) eq. 9, App. B-C")
