@@ -184,7 +184,9 @@ def solve(
             bar.update(1)
         if final_denoise:
             last = plan.points[-1]
-            x = model.data(x, last)
+            d = model.data(x, last)
+            final = getattr(solver_obj, "final_data", None)  # a solver's own last step
+            x = final(x, state, plan, d) if final is not None else d
             i = plan.steps
             if mode == "step" and not _all_finite(x):
                 _raise_nonfinite(i, grid, "the final denoised sample")

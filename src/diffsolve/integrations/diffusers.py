@@ -205,6 +205,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self._generator_noise = _GeneratorNoise()
         self._warned: set[str] = set()
         self._use_clipped_output = False
+        self._noop_tail = False
 
     # diffusers surface ------------------------------------------------------------------------
     @property
@@ -272,6 +273,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             for key in ignored:
                 warnings.warn(f"DiffsolveScheduler does not reproduce {src_name}'s "
                               f"{key}={src[key]!r}; it is ignored", stacklevel=2)
+            # X's values, defaults included, are this scheduler's (diffusers would otherwise
+            # drop the keys X left at X's defaults)
+            cfg.pop("_use_default_values", None)
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def set_timesteps(self, num_inference_steps: int | None = None,
@@ -287,9 +291,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         scheduler computes the grid (with these arguments where it takes them).
         """
         self._segments = None
+        self._noop_tail = False
         node_t: list[float] | None = None
         peer_t: Tensor | None = None
         use_peer = False
+        self._sync_peer()
         if self._peer is not None:
             kw = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas), ("mu", mu))
                   if v is not None}
@@ -320,6 +326,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             self.timesteps = peer_t.to(device)
         elif peer_t is not None and node_t is not None:
             self.timesteps = self._peer_timesteps(node_lams, node_t, peer_t).to(device)
+            if (peer_t.numel() == len(self._points) + 1 and self._default_solver
+                    and not self.grid.to_zero and float(peer_t[-1]) == node_t[-1]):
+                # X ends with a zero-length step at its last node (sigma_min = that node's
+                # sigma); it evaluates the network there once more and leaves x unchanged for
+                # one-step updates: list it and return x as it is
+                self.timesteps = peer_t.clone().to(device)
+                self._points.append(self.schedule.point(node_lams[-1]))
+                self._noop_tail = True
         else:
             t = torch.tensor([p.t * self._time_scale for p in self._points], dtype=torch.float64)
             rounded = t.round()
@@ -410,6 +424,20 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if key not in self._warned:
             self._warned.add(key)
             warnings.warn(message, stacklevel=3)
+
+    def _sync_peer(self) -> None:
+        """Rebuild the replaced scheduler when a pipeline edited a shared config key (e.g.
+        StableDiffusionPipeline sets ``steps_offset=1`` on old configs)."""
+        src = self.config.source_config
+        if self._peer is None or not src:
+            return
+        changed = {k: self.config[k] for k in src
+                   if not k.startswith("_") and k in self.config and self.config[k] != src[k]}
+        if not changed:
+            return
+        src = {**src, **changed}
+        self.register_to_config(source_config=src)
+        self._peer = peer_scheduler(src)
 
     def _apply_euler_at_final(self) -> None:
         """DPMSolverMultistep's ``euler_at_final``: a first-order last step (on grids that do
@@ -533,6 +561,14 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if self._stepper is None:
             self._start(timestep, sample)
         elif self._stepper.done:
+            if self._noop_tail and self._step_index == len(self._points) - 1:
+                self._step_index += 1  # X's zero-length last step
+                x = self._stepper.x
+                out = model_output.to(x.dtype)
+                point = self._points[-1]
+                d = self._clip(data_from_output(out, x, point, self.prediction, self.schedule))
+                prev = x / point.alpha if self._ve else x
+                return prev.to(sample.dtype), d
             raise SolverOptionError("all timesteps are done; call set_timesteps() again")
         elif sample is not self._last_returned and self._at_step_start():
             # the pipeline replaced its latents between steps (e.g. inpainting): adopt them

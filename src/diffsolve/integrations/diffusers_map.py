@@ -61,7 +61,7 @@ _GRID_KEYS = frozenset({
 _INACTIVE = {
     "thresholding": False, "clip_sample": False, "variance_type": (None, "fixed_small"),
     "use_flow_sigmas": False, "stochastic_sampling": False, "predict_x0": True,
-    "solver_p": None, "skip_prk_steps": (False, True),
+    "solver_p": None,
 }
 # keys with no effect on the result whatever their value (they parameterise inactive options)
 _NEUTRAL = frozenset({"clip_sample_range", "sample_max_value", "dynamic_thresholding_ratio",
@@ -127,6 +127,9 @@ _CHOICES: dict[str, Any] = {
     "UniPCMultistepScheduler": _unipc,
     "DEISMultistepScheduler": _deis,
     "FlowMatchEulerDiscreteScheduler": lambda cfg: SolverChoice("ddim"),
+    "PNDMScheduler": lambda cfg: SolverChoice(
+        "pndm", {"warmup": "plms" if cfg.get("skip_prk_steps") else "prk"},
+        frozenset({"skip_prk_steps"})),
 }
 
 
@@ -271,7 +274,16 @@ def peer_grid(peer: Any, name: str, steps: int | None, **kwargs: Any) -> PeerGri
     ts = peer.timesteps.detach().cpu()
     tl = [float(v) for v in ts.to(torch.float64)]
     init = float(getattr(peer, "init_noise_sigma", 1.0))
-    if name in ("DDIMScheduler", "DDPMScheduler", "PNDMScheduler"):
+    if name == "PNDMScheduler":
+        # the step starts (PNDM's own list, ascending); its Runge-Kutta midpoints and repeated
+        # entries are evaluation points of the ``pndm`` solver, not grid nodes
+        abar = peer.alphas_cumprod.to(torch.float64)
+        base = [float(v) for v in np.asarray(peer._timesteps)[::-1]]
+        sig = [_sigma_of_abar(float(abar[int(t)])) for t in base]
+        sig.append(_sigma_of_abar(float(peer.final_alpha_cumprod)))
+        s, t = _dedupe(sig, base)
+        return PeerGrid(s, t, ts, None, init)
+    if name in ("DDIMScheduler", "DDPMScheduler"):
         abar = peer.alphas_cumprod.to(torch.float64)
         sig = [_sigma_of_abar(float(abar[int(t)])) for t in tl]
         segments = None

@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     linear_multistep,
     momentum,
     multistep,
+    pndm,
     sa_solver,
     seeds,
     singlestep,
