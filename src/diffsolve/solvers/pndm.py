@@ -92,12 +92,13 @@ class PNDM(Solver):
         if self.warmup != "prk" or i >= _PRK_STEPS:
             return None
         p, q = points[i], points[i + 1]
-        if isinstance(schedule, DiscreteVP) and p.t == round(p.t) and q.t == round(q.t):
-            half = math.floor((p.t - q.t) / 2)  # PNDM's (N // n) // 2
+        ts, tt = round(p.t), round(q.t)
+        if isinstance(schedule, DiscreteVP) and abs(p.t - ts) < 1e-6 and abs(q.t - tt) < 1e-6:
+            half = (ts - tt) // 2  # PNDM's (N // n) // 2
             # PNDM moves x1 down half a step from s but evaluates it, and x2, at the midpoint
             # counted up from t (one timestep lower when the step is odd)
-            first = schedule.point(float(schedule.lam(p.t - half)))
-            mid = schedule.point(float(schedule.lam(q.t + half)))
+            first = schedule.point(float(schedule.lam(float(ts - half))))
+            mid = schedule.point(float(schedule.lam(float(tt + half))))
             return first, mid
         mid = schedule.point(0.5 * (p.lam + q.lam))  # the half step in lambda
         return mid, mid
