@@ -54,7 +54,9 @@ def _loop(solver: Solver, plan: GridPlan, model: Denoiser, noise: NoiseSource | 
         out = solver.step(i, x, state, plan, model, noise)  # type: ignore[arg-type]
         x, state = out.x, out.state
     if final_denoise:
-        x = model.data(x, plan.points[-1])
+        d = model.data(x, plan.points[-1])
+        final = getattr(solver, "final_data", None)  # a solver's own last step (pndm)
+        x = final(x, state, plan, d) if final is not None else d
     return x
 
 
