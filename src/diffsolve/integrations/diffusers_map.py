@@ -113,7 +113,9 @@ def _deis(cfg: Mapping[str, Any]) -> SolverChoice:
     return SolverChoice("deis", {"solver_order": int(cfg.get("solver_order", 2)),
                                  "basis": "log_rho",
                                  "lower_order_final": bool(cfg.get("lower_order_final", True))},
-                        frozenset({"solver_order", "lower_order_final"}))
+                        # "deis" / "logrho" are the only values diffusers' DEIS accepts
+                        frozenset({"solver_order", "lower_order_final", "algorithm_type",
+                                   "solver_type"}))
 
 
 _CHOICES: dict[str, Any] = {
