@@ -381,3 +381,12 @@ def test_unmapped_scheduler_warns_and_keeps_its_grid():
 def test_edm_preconditioned_schedulers_are_refused():
     with pytest.raises(IncompatibleModelError, match="EDM"):
         DiffsolveScheduler.from_config(diffusers.EDMEulerScheduler().config)
+
+
+@pytest.mark.parametrize("name", sorted({n for n, _ in CASES} | {"PNDMScheduler"}))
+def test_reproduced_schedulers_swap_without_warnings(name):
+    """A default config of every reproduced scheduler swaps without a diffsolve warning (the
+    warnings above are for values diffsolve does not reproduce only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        DiffsolveScheduler.from_config(getattr(diffusers, name)())
