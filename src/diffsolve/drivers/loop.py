@@ -85,9 +85,10 @@ def integrate(solver: Solver, plan: GridPlan, model: Denoiser, noise: NoiseSourc
         if after_step is not None:
             after_step(i, x, out.denoised)
     if final_denoise:
-        x = model.data(x, plan.points[-1])
+        denoised = model.data(x, plan.points[-1])
+        x = solver.final_data(x, state, plan, denoised)
         if after_step is not None:
-            after_step(plan.steps, x, x)
+            after_step(plan.steps, x, denoised)
     return x
 
 

@@ -188,7 +188,7 @@ class Stepper:
             if not self._fed:
                 self._query = (self._x, plan.points[-1])
                 return
-            self._x = self._fed[0]
+            self._x = self.solver.final_data(self._x, self._state, plan, self._fed[0])
             self._fed = []
             self.final_denoise = False
         self._query = None

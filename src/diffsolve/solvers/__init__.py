@@ -20,6 +20,8 @@ from . import er_sde  # noqa: F401
 from . import ancestral  # noqa: F401
 from . import edm_stochastic  # noqa: F401
 from . import kdiffusion_samplers  # noqa: F401
+from . import dpm_multistep  # noqa: F401
+from . import pndm  # noqa: F401
 # isort: on
 from .base import GridPlan, Solver, StepOutput, get_solver, list_solvers, register, solver_class
 

@@ -20,13 +20,15 @@ configured instance, and every driver and test reads it from there:
   are derived from it and never overridden. A test runs every solver and option set through
   every driver and asserts counted == declared.
 
-The three methods a solver implements:
+The methods a solver implements:
 
 * ``plan(schedule, lams, denoise_final=...) -> GridPlan``: host-side, float64, once per run.
   Turns the grid into evaluation points, step sizes and per-step coefficients
   (``GridPlan.extra``), and records ``step_evaluations`` in ``GridPlan.evaluations``. The
   default implementation calls :meth:`step_coefficients` for every step.
 * ``init_state(x, plan)``: the initial solver state (e.g. an empty history).
+* (optional) ``final_data(x, state, plan, denoised)``: the final step into sigma = 0 from
+  the evaluation the loop made there; default x <- D(x).
 * ``step(i, x, state, plan, model, noise) -> StepOutput``: grid node i -> i + 1. Tensor
   arithmetic with the plan's Python floats only: no ``.item()``, no Python ``if`` on a device
   tensor (no host synchronisation, tested in ``tests/test_no_host_sync.py``), exactly
@@ -150,8 +152,12 @@ class Solver(abc.ABC):
     @final
     def steady_evaluations(self) -> int:
         """Evaluations of one step past the warm-up and before the final steps (the
-        "NFE per step" of the solver tables), from :meth:`step_evaluations`."""
-        return self.step_evaluations(2 * STEADY_PROBE, False)[STEADY_PROBE]
+        "NFE per step" of the solver tables), from :meth:`step_evaluations` (of the solver
+        without per-step order caps, which fix the step count of one grid)."""
+        probe = self
+        if getattr(self, "step_order_caps", None) is not None:
+            probe = replace(self, step_order_caps=None)
+        return probe.step_evaluations(2 * STEADY_PROBE, False)[STEADY_PROBE]
 
     @final
     def steps_for_nfe(self, budget: int, *, to_zero: bool = True) -> int:
@@ -209,6 +215,13 @@ class Solver(abc.ABC):
     def step(self, i: int, x: Tensor, state: Any, plan: GridPlan, model: Denoiser,
              noise: NoiseSource) -> StepOutput:
         """Advance from grid node i to node i + 1."""
+
+    def final_data(self, x: Tensor, state: Any, plan: GridPlan, denoised: Tensor) -> Tensor:
+        """The result of the loop's final step into sigma = 0 from the last state ``x`` and
+        ``denoised`` = D(x) at the last node (its one evaluation, counted by :meth:`nfe`).
+        Default: x <- D(x), the h -> inf limit of every data-prediction exponential
+        integrator; a solver whose own last step differs (PNDM's PLMS step) overrides it."""
+        return denoised
 
     def options(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

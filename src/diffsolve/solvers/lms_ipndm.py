@@ -37,15 +37,7 @@ from typing import ClassVar
 from ..core.expint import exp_lagrange_weights
 from ..core.schedules import EvalPoint, NoiseSchedule
 from .base import check_choice, register
-from .engines.history import WARMUPS, HistorySolver, LinearStep
-
-# Adams-Bashforth coefficients for uniform steps (newest first): PNDM eq. 12 / DEIS App.
-ADAMS_BASHFORTH: dict[int, tuple[float, ...]] = {
-    1: (1.0,),
-    2: (3.0 / 2.0, -1.0 / 2.0),
-    3: (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0),
-    4: (55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0),
-}
+from .engines.history import ADAMS_BASHFORTH, WARMUPS, HistorySolver, LinearStep
 
 
 def lms_weights(points: tuple[EvalPoint, ...], i: int, order: int) -> tuple[float, ...]:

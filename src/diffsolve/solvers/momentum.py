@@ -61,21 +61,19 @@ from .base import (
     register,
     uniform_evaluations,
 )
-from .engines.history import WARMUPS, HistorySolver, step_orders, warmup_stages, weighted_sum
+from .engines.history import (
+    ADAMS_BASHFORTH,
+    WARMUPS,
+    HistorySolver,
+    step_orders,
+    warmup_stages,
+    weighted_sum,
+)
 from .engines.stages import Stage, run_stages
 
 if TYPE_CHECKING:
     from ..core.models import Denoiser
     from ..core.noise import NoiseSource
-
-# Classical Adams-Bashforth weights of PLMS (Wizadwongsa et al. 2023, Alg. 1; Liu et al. 2022)
-PLMS_WEIGHTS: dict[int, tuple[float, ...]] = {
-    1: (1.0,),
-    2: (3.0 / 2.0, -1.0 / 2.0),
-    3: (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0),
-    4: (55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0),
-}
-
 
 def rising_factorial_monomials(j: int) -> list[float]:
     """Monomial coefficients of binom(theta + j - 1, j) = theta (theta+1)...(theta+j-1)/j!."""
@@ -277,7 +275,7 @@ class PLMSHB(_HeavyBall):
 
     def base_weights(self, points: tuple[EvalPoint, ...], i: int, order: int,
                      ) -> tuple[float, ...]:
-        return PLMS_WEIGHTS[order]
+        return ADAMS_BASHFORTH[order]
 
 
 @register

@@ -40,6 +40,15 @@ if TYPE_CHECKING:
     from ...core.models import Denoiser
     from ...core.noise import NoiseSource
 
+#: classical Adams-Bashforth weights for equal steps, newest first (Bashforth & Adams 1883;
+#: PNDM/PLMS, Liu et al. 2022 eq. 12; iPNDM, Zhang & Chen 2023 App.)
+ADAMS_BASHFORTH: dict[int, tuple[float, ...]] = {
+    1: (1.0,),
+    2: (3.0 / 2.0, -1.0 / 2.0),
+    3: (23.0 / 12.0, -16.0 / 12.0, 5.0 / 12.0),
+    4: (55.0 / 24.0, -59.0 / 24.0, 37.0 / 24.0, -9.0 / 24.0),
+}
+
 Warmup = Literal["lower_order", "singlestep"]
 WARMUPS: tuple[Warmup, ...] = ("lower_order", "singlestep")
 LOWER_ORDER_FINAL_BELOW = 15
