@@ -2,8 +2,8 @@ r"""A virtual Brownian path in lambda, keyed only by (seed, lambda).
 
 :class:`BrownianPath` gives every sample a Brownian motion W(lambda) on
 [lam_min, lam_max] that is a *fixed function* of the sample seed and lambda. It is never
-stored: any value is recomputed on demand from counter-based normals
-(:mod:`diffsolve.noise.streams`), so
+stored: any value is recomputed on demand from keyed normals
+(:func:`diffsolve.noise.streams.keyed_normals`, keyed by (seed, level, node)), so
 
 * the increment over [a, c] is exactly the sum of the increments over [a, b] and [b, c]
   (up to float64 rounding);
@@ -17,7 +17,7 @@ The idea is the virtual Brownian tree of Li, Wong, Chen & Duvenaud (2020, "Scala
 for stochastic differential equations", AISTATS) and Kidger, Foster, Li & Lyons (2021,
 "Efficient and accurate gradients for neural SDEs", NeurIPS; diffrax's
 ``VirtualBrownianTree``), built here on Lévy's midpoint (Brownian-bridge) construction and on
-counter-based normals instead of a splittable PRNG.
+keyed per-node normal streams instead of a splittable PRNG.
 
 **Construction.** Write L = lam_max - lam_min and number the dyadic nodes of level l as
 [lam_min + k L/2^l, lam_min + (k+1) L/2^l], k < 2^l. Let W(lam_min) = 0 and
@@ -83,8 +83,8 @@ from .streams import (
     _as_int,
     _check_batch,
     base_key,
-    counter_normals,
     derive_seed,
+    keyed_normals,
     request_keys,
     request_word,
 )
@@ -222,8 +222,9 @@ class BrownianPath:
     ) -> Tensor:
         keys = request_keys(self._bases, words)
         self.normals_drawn += len(words)
-        z = counter_normals(keys, rows * len(words), n, device, scales)
-        return z.view(rows, len(words), n)
+        z = keyed_normals(keys, n, device, torch.float64).view(rows, len(words), n)
+        z *= torch.tensor(scales, dtype=torch.float64, device=device).view(1, -1, 1)
+        return z
 
     def _scale(self, lev: int) -> float:
         if lev < 0:
