@@ -65,10 +65,11 @@ def bench(shape: tuple[int, ...], steps: int, depths: list[int | None], repeats:
     batch = shape[0]
     lams = karras_lams(steps)
     streams = PerSampleStreams.from_seed(0, batch)
-    counter = iter(range(10**9))
+    counter = iter(range(10**9))  # fresh seeds for the Brownian paths
+    step = iter(range(10**9))  # consecutive steps, as a solver asks for them
     fns = {
         "randn_like": lambda: torch.randn_like(like),
-        "streams": lambda: streams.normal(like, step=next(counter), draw=0),
+        "streams": lambda: streams.normal(like, step=next(step), draw=0),
     }
     for depth in depths:
         def brownian_step(depth: int | None = depth) -> None:
