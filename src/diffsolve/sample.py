@@ -22,6 +22,7 @@ from .grids import Grid, make_grid
 from .models import Denoiser
 from .noise import NoiseSource, make_noise
 from .solvers import Solver, get_solver
+from .tune import resolve_tuned
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -209,7 +210,10 @@ def sample(
         steps: number of grid intervals; or give ``nfe`` and the steps are derived from it.
         nfe: model-evaluation budget (exclusive with ``steps``).
         grid: grid name ("karras", "uniform_lambda", "uniform_t", "quadratic_t",
-            "polyexponential"), a :class:`Grid`, or EDM sigmas (decreasing, may end in 0).
+            "polyexponential"), a :class:`Grid`, EDM sigmas (decreasing, may end in 0), or a
+            tuned artefact (:mod:`diffsolve.tune`; object or JSON path): then ``nfe`` picks
+            its entry, which sets the grid, the solver (unless ``solver`` has its own entry
+            at that budget) and the solver's options.
             Named grids end at sigma = 0 unless grid_options={"to_zero": False}.
         seed, offset: the initial noise of sample b is keyed by (seed, offset + b); stochastic
             solvers draw from the same per-sample streams unless ``noise`` says otherwise.
@@ -219,6 +223,9 @@ def sample(
         **kwargs: passed to :func:`solve` (callback, progress, return_trajectory,
             denoise_final, check_finite) and the solver's options.
     """
+    tuned = resolve_tuned(grid, model, solver, nfe, steps)  # grid=<tuned artefact or file>
+    if tuned is not None:
+        solver, grid, kwargs = tuned[0], tuned[1], {**tuned[2], **kwargs}
     solver_obj = get_solver(solver, **{k: v for k, v in kwargs.items() if k not in _SOLVE_KEYS})
     solve_kwargs = {k: v for k, v in kwargs.items() if k in _SOLVE_KEYS}
     if (steps is None) == (nfe is None) and not isinstance(grid, Grid) and isinstance(grid, str):
