@@ -181,3 +181,36 @@ def test_shipped_digits_artefact_is_valid() -> None:
     for n in (5, 10, 20):
         e = art.entry(n)
         assert e.scores["heldout"] < e.scores["heldout_karras"], (n, e.scores)
+
+
+def test_diffusers_scheduler_takes_a_tuned_artefact(tmp_path) -> None:
+    pytest.importorskip("diffusers")
+    from diffsolve.grids import make_grid
+    from diffsolve.integrations.diffusers import DiffsolveScheduler
+    from diffsolve.tune import TunedEntry
+
+    base = DiffsolveScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012)
+    sig = make_grid("uniform_lambda", 4, base.schedule).sigmas.tolist()
+    art = TunedArtefact(model={"name": "vp-toy"}, best={"5": 0},
+                        entries=[TunedEntry(nfe=5, solver="dpmpp_3m", sigmas=sig,
+                                            solver_options={"step_order_caps": [1, 2, 3]})])
+    path = tmp_path / "vp.json"
+    art.save(path)
+    sch = DiffsolveScheduler.from_config(base.config, tuned=str(path))
+    sch.set_timesteps(5)
+    assert sch.solver.name == "dpmpp_3m" and list(sch.solver.step_order_caps) == [1, 2, 3]
+    assert torch.allclose(sch.grid.sigmas, torch.tensor(sig, dtype=torch.float64), rtol=1e-9)
+    assert len(sch.timesteps) == 4  # one evaluation per finite node (the last is D(x))
+    plain = DiffsolveScheduler.from_config(base.config)
+    plain.set_timesteps(5)
+    assert plain.sigmas.shape != sch.sigmas.shape or not torch.allclose(plain.sigmas, sch.sigmas)
+    with pytest.raises(SolverOptionError, match="tuned budgets: 5"):
+        sch.set_timesteps(7)
+
+
+def test_kdiffusion_module_exposes_tuned_sigmas(artefact) -> None:
+    from diffsolve import kdiffusion
+
+    _, path = artefact
+    assert torch.equal(kdiffusion.tuned_sigmas(path, 5), kdiffusion_sigmas(path, 5))

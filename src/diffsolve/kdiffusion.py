@@ -33,6 +33,7 @@ from .grids import Grid
 from .models import Denoiser
 from .sample import solve
 from .solvers import list_solvers, solver_class
+from .tune import kdiffusion_sigmas as tuned_sigmas  # noqa: F401 - sigmas of a tuned artefact
 
 KDenoiser = Callable[..., Tensor]
 

@@ -53,6 +53,7 @@ from ..noise import PerSampleStreams
 from ..schedules import EvalPoint, NoiseSchedule
 from ..solvers import get_solver
 from ..stepper import Stepper, evaluation_plan
+from ..tune import load_tuned, scheduler_settings
 from .diffusers_config import (
     as_config,
     flow_sigmas,
@@ -108,6 +109,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         seed: None draws solver noise from the ``generator`` passed to ``step`` (diffusers'
             convention); an int uses diffsolve's per-sample streams keyed by (seed, index),
             independent of batch size.
+        tuned: path of a ``diffsolve tune`` artefact (:mod:`diffsolve.tune`): then
+            ``set_timesteps(n)`` takes n as an NFE budget of the artefact and uses its solver,
+            options and sigmas (EDM sigmas sigma/alpha) for that budget.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]  # noqa: RUF012 - diffusers API
@@ -135,6 +139,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         solver: str = "dpmpp_2m",
         solver_options: dict[str, Any] | None = None,
         seed: int | None = None,
+        tuned: str | None = None,
     ) -> None:
         if final_sigmas_type not in ("zero", "sigma_min"):
             raise SolverOptionError(
@@ -144,6 +149,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                                     "use_exponential_sigmas and use_lu_lambdas")
         cfg = dict(self.config)
         self.solver = get_solver(solver, **(solver_options or {}))
+        self._tuned = load_tuned(tuned) if tuned else None  # a diffsolve.tune artefact
         self.schedule: NoiseSchedule = schedule_from_config(cfg)
         self.prediction = prediction_from_config(cfg)
         self.flow = is_flow_config(cfg)
@@ -206,6 +212,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         ``timesteps`` (training timesteps, decreasing) or ``sigmas`` (flow sigmas, or EDM
         sigmas sigma/alpha for VP) give a custom grid.
         """
+        if self._tuned is not None and timesteps is None and sigmas is None:
+            # tuned=...: num_inference_steps is the NFE budget of one of the artefact's entries
+            solver, options, sigmas = scheduler_settings(self._tuned, int(num_inference_steps))
+            self.solver = get_solver(solver, **options)
         self.grid = self._make_grid(num_inference_steps, timesteps, sigmas, mu)
         plan = evaluation_plan(self.solver, self.schedule, self.grid)
         self._points = [p for _, p in plan]
