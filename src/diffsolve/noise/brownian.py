@@ -59,9 +59,10 @@ increment.
 leaves the previous query's path (cached), one normal tensor per new node; monotone solver
 queries therefore cost about ``depth - log2(L/h) + 1`` normal tensors per step of size h.
 Recent point values are cached too, so the left end of a step is usually free. Each normal
-tensor costs about 3-5 ``torch.randn`` of the same shape on CPU (hash plus float64
-Box–Muller), so a step costs about 10-20x randn at depth 6 and 20-35x at the default depth 8
-for 20-50 Karras steps at batch 1 or 64 x 4x64x64 (``benchmarks/noise_cost.py``; k-diffusion's
+tensor costs about one ``torch.randn`` of the same shape (:func:`keyed_normals`) plus a float64
+cast, and the tree arithmetic is float64, so a step of a 20-step Karras grid costs about 11x
+(depth 6) to 18x (default depth 8) ``randn_like`` at 64x3x64x64 and 30-45x at 1x4x64x64,
+where per-call overheads dominate (``benchmarks/noise_cost.py``, docs/bench/noise; k-diffusion's
 torchsde tree costs about 100x). Memory: about ``depth + 2`` float64 tensors of the state's
 size are held.
 """
