@@ -214,3 +214,24 @@ def test_kdiffusion_module_exposes_tuned_sigmas(artefact) -> None:
 
     _, path = artefact
     assert torch.equal(kdiffusion.tuned_sigmas(path, 5), kdiffusion_sigmas(path, 5))
+
+
+def test_cli_uses_the_shipped_artefact_by_default_and_says_so(tmp_path, capsys) -> None:
+    if shipped("digits") is None:
+        pytest.skip("no shipped digits artefact")
+    from diffsolve.cli import main
+
+    out = tmp_path / "d.png"
+    assert main(["sample", "--model", "digits", "--nfe", "5", "--n", "4", "--quiet",
+                 "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "using the shipped tuned grid for digits at 5 NFE" in cap.err
+    assert json.loads(cap.out.strip().splitlines()[-1])["tuned"].startswith("using the shipped")
+    assert main(["sample", "--model", "digits", "--nfe", "5", "--n", "4", "--quiet",
+                 "--no-tuned", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert "tuned" not in cap.err and "tuned" not in json.loads(cap.out.strip())
+    # a budget the artefact lacks falls back to the Karras grid, silently
+    assert main(["sample", "--model", "digits", "--nfe", "7", "--n", "4", "--quiet",
+                 "--out", str(out)]) == 0
+    assert "tuned" not in capsys.readouterr().err
