@@ -476,19 +476,20 @@ def cmd_tune(args: Any) -> int:
 
 
 def cli_grid(args: Any, model_name: str, nfe: int) -> tuple[Any, str | None]:
-    """For ``diffsolve sample``/``generate``: the grid argument to pass on, and a line saying
-    which tuned grid is used. ``--tuned FILE`` wins; ``--grid NAME`` other than the default
-    keeps the named grid; otherwise the shipped artefact of the model at ``nfe``, if any."""
+    """For ``diffsolve sample``/``generate``: the grid argument to pass on (a name or a JSON
+    path, so it can be recorded in a config), and a line saying which tuned grid is used.
+    ``--tuned FILE`` wins; ``--no-tuned`` or a ``--grid`` other than the default keeps the
+    named grid; otherwise the artefact shipped for the model, if it has the ``nfe`` budget."""
     tuned = getattr(args, "tuned", None)
     if tuned:
         art = load_tuned(tuned)
-        return art, "using " + art.describe(art.entry(nfe)) + f" (from {tuned})"
+        return str(tuned), "using " + art.describe(art.entry(nfe)) + f" (from {tuned})"
     if getattr(args, "grid", "karras") not in ("karras", "auto") or \
             getattr(args, "no_tuned", False):
         return args.grid, None
     art = shipped(model_name)
     if art is None or str(nfe) not in art.best:
         return args.grid, None
-    return art, ("using the shipped " + art.describe(art.entry(nfe)) +
-                 " (pass --no-tuned for the plain Karras grid)")
-
+    return str(TUNED_DIR / f"{model_name}.json"), (
+        "using the shipped " + art.describe(art.entry(nfe)) +
+        " (pass --no-tuned for the plain Karras grid)")
