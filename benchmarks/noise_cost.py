@@ -1,16 +1,18 @@
-"""Cost of diffsolve's noise sources per solver step, relative to ``torch.randn``.
+"""Cost of diffsolve's noise sources per draw / per solver step, relative to ``torch.randn_like``.
 
-For each batch size it times, on the current device:
+For each state shape (default 64x3x64x64 and 1x4x64x64, the shapes of issue 16) it times,
+interleaved in one loop (randn, streams, randn, streams, ...) so that load spikes on a shared
+machine hit both alike:
 
-* ``torch.randn`` of the state shape (the baseline, one global-RNG draw);
-* :class:`PerSampleStreams` (one counter-based draw per step);
+* ``torch.randn_like`` of the state (the baseline: one global-RNG draw, no per-sample keying);
+* :class:`PerSampleStreams` (one keyed draw per sample and (step, draw));
 * :class:`BrownianPath` over EDM's lambda range: one normalised increment per step of a
-  Karras grid (monotone queries, as a solver makes them), for several tree depths;
+  20-step Karras grid (monotone queries, as a solver makes them), for a few tree depths;
 
-and writes ``noise_cost.json`` and ``noise_cost.png`` into ``--out``. Times are medians over
-``--repeats`` full sweeps. Example::
+and writes ``noise_cost.json`` and ``noise_cost.png`` into ``--out``. Times are medians (and
+minima) over ``--repeats`` rounds. Example::
 
-    OMP_NUM_THREADS=1 python benchmarks/noise_cost.py --batch 1 64 --out out/bench
+    OMP_NUM_THREADS=1 python benchmarks/noise_cost.py --out docs/bench/noise
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffsolve.noise import BrownianPath, PerSampleStreams
+from diffsolve.noise import NOISE_STREAM_VERSION, BrownianPath, PerSampleStreams
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 
@@ -41,64 +44,55 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_per_call(fn, calls: int, repeats: int, device: torch.device) -> float:
-    """Median over repeats of (time for ``calls`` calls) / calls, in seconds."""
-    fn(0)
-    _sync(device)
-    out = []
+def interleaved(fns: dict[str, object], repeats: int, device: torch.device) -> dict:
+    """Median and min seconds per call of each ``fn()``, timed in interleaved rounds."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for i in range(calls):
-            fn(i)
-        _sync(device)
-        out.append((time.perf_counter() - t0) / calls)
-    return statistics.median(out)
-
-
-def bench(
-    batch: int,
-    shape: tuple[int, ...],
-    steps: int,
-    depths: list[int | None],
-    repeats: int,
-    device: torch.device,
-) -> dict:
-    like = torch.empty(batch, *shape, device=device)
-    lams = karras_lams(steps)
-    res: dict = {"batch": batch, "shape": list(shape), "steps": steps}
-    res["randn_s"] = time_per_call(
-        lambda i: torch.randn(like.shape, device=device), steps, repeats, device
-    )
-    streams = PerSampleStreams.from_seed(0, batch)
-    res["streams_s"] = time_per_call(
-        lambda i: streams.normal(like, step=i, draw=0, lam_from=lams[0], lam_to=lams[1]),
-        steps,
-        repeats,
-        device,
-    )
-    res["brownian"] = []
-    for depth in depths:
-        times, drawn = [], []
-        for rep in range(repeats):
-            # a fresh path per sweep (a new seed, so nothing is cached from the last sweep)
-            bp = BrownianPath.from_seed(rep, batch, lams[0], lams[-1], depth=depth)
+        for k, fn in fns.items():
             _sync(device)
             t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v)} for k, v in times.items()}
+
+
+def bench(shape: tuple[int, ...], steps: int, depths: list[int | None], repeats: int,
+          device: torch.device) -> dict:
+    like = torch.empty(*shape, device=device)
+    batch = shape[0]
+    lams = karras_lams(steps)
+    streams = PerSampleStreams.from_seed(0, batch)
+    counter = iter(range(10**9))  # fresh seeds for the Brownian paths
+    step = iter(range(10**9))  # consecutive steps, as a solver asks for them
+    # streams against randn alone (a Brownian sweep in between would evict the caches)
+    t = interleaved({"randn_like": lambda: torch.randn_like(like),
+                     "streams": lambda: streams.normal(like, step=next(step), draw=0)},
+                    repeats, device)
+    fns = {"randn_like (Brownian rounds)": lambda: torch.randn_like(like)}
+    for depth in depths:
+        def brownian_step(depth: int | None = depth) -> None:
+            # a fresh path (new seed) queried over a whole grid; time per step
+            bp = BrownianPath.from_seed(next(counter), batch, lams[0], lams[-1], depth=depth)
             for i in range(steps):
                 bp.normal(like, step=i, draw=0, lam_from=lams[i], lam_to=lams[i + 1])
-            _sync(device)
-            times.append((time.perf_counter() - t0) / steps)
-            drawn.append(bp.normals_drawn / steps)
-        res["brownian"].append(
-            {
-                "depth": bp.depth,
-                "default_depth": depth is None,
-                "leaf_width": bp.leaf_width,
-                "per_step_s": statistics.median(times),
-                "normals_per_step": statistics.median(drawn),
-            }
-        )
-    return res
+        fns[f"brownian_depth_{depth or 'default'}_{steps}steps"] = brownian_step
+    tb = interleaved(fns, max(3, repeats // 3), device)
+    for k, v in tb.items():
+        if k.startswith("brownian"):
+            v["median_s"] /= steps
+            v["min_s"] /= steps
+            v["per"] = "solver step"
+    t["streams"]["per"] = t["randn_like"]["per"] = "draw"
+    ratios = {"streams": {"median": t["streams"]["median_s"] / t["randn_like"]["median_s"],
+                          "min": t["streams"]["min_s"] / t["randn_like"]["min_s"]}}
+    base = tb.pop("randn_like (Brownian rounds)")
+    for k, v in tb.items():
+        ratios[k] = {"median": v["median_s"] / base["median_s"], "min": v["min_s"] / base["min_s"]}
+        t[k] = v
+    return {"shape": list(shape), "device": str(device), "times": t, "ratio_vs_randn_like": ratios}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -109,23 +103,15 @@ def plot(results: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
     for ax, res in zip(axes[0], results, strict=True):
-        for steps_res in res["by_steps"]:
-            base = steps_res["randn_s"]
-            pts = sorted(
-                {b["depth"]: b["per_step_s"] / base for b in steps_res["brownian"]}.items()
-            )
-            d, ratio = [p[0] for p in pts], [p[1] for p in pts]
-            ax.plot(d, ratio, "o-", label=f"BrownianPath, {steps_res['steps']} steps")
-        base = res["by_steps"][0]["randn_s"]
-        ax.axhline(
-            res["by_steps"][0]["streams_s"] / base, color="k", ls="--", label="PerSampleStreams"
-        )
-        ax.axhline(1.0, color="grey", ls=":", label="torch.randn")
-        ax.axhline(10.0, color="r", ls=":", lw=0.8, label="10x target")
-        ax.set_yscale("log")
-        ax.set_xlabel("tree depth")
-        ax.set_ylabel("time per step / torch.randn")
-        ax.set_title(f"batch {res['batch']} x {tuple(res['shape'])}, {res['device']}")
+        names = list(res["ratio_vs_randn_like"])
+        vals = [res["ratio_vs_randn_like"][k]["median"] for k in names]
+        ax.barh(range(len(names)), vals, color=["C0" if k == "streams" else "C1" for k in names])
+        ax.set_yticks(range(len(names)), [k.replace("_", " ") for k in names], fontsize=7)
+        ax.axvline(1.0, color="grey", ls=":", label="randn_like")
+        ax.axvline(1.5, color="r", ls="--", lw=0.8, label="1.5x target (streams)")
+        ax.set_xscale("log")
+        ax.set_xlabel("time / torch.randn_like (median, interleaved)")
+        ax.set_title(f"{'x'.join(map(str, res['shape']))}, {res['device']}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -134,48 +120,36 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--shape", type=int, nargs="+", default=[4, 64, 64])
-    p.add_argument("--steps", type=int, nargs="+", default=[20, 50])
-    p.add_argument(
-        "--depths",
-        type=str,
-        default="default,6,7,8,10,12",
-        help="comma-separated tree depths; 'default' = the library default",
-    )
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--shapes", nargs="+", default=["64x3x64x64", "1x4x64x64"])
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--depths", type=str, default="default,6",
+                   help="comma-separated tree depths; 'default' = the library default")
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=Path("out/bench"))
     args = p.parse_args()
     device = torch.device(args.device)
     depths = [None if d == "default" else int(d) for d in args.depths.split(",")]
     results = []
-    for batch in args.batch:
-        by_steps = [
-            bench(batch, tuple(args.shape), s, depths, args.repeats, device) for s in args.steps
-        ]
-        results.append(
-            {"batch": batch, "shape": args.shape, "device": str(device), "by_steps": by_steps}
-        )
-        for r in by_steps:
-            print(
-                f"batch {batch:3d} steps {r['steps']:3d}: randn {r['randn_s'] * 1e3:.3f} ms, "
-                f"streams {r['streams_s'] / r['randn_s']:.1f}x"
-            )
-            for b in r["brownian"]:
-                tag = " (default)" if b["default_depth"] else ""
-                print(
-                    f"    brownian depth {b['depth']:2d}{tag}: {b['per_step_s'] * 1e3:.3f} ms "
-                    f"= {b['per_step_s'] / r['randn_s']:.1f}x randn, "
-                    f"{b['normals_per_step']:.2f} normal tensors/step"
-                )
+    for spec in args.shapes:
+        shape = tuple(int(v) for v in spec.split("x"))
+        r = bench(shape, args.steps, depths, args.repeats, device)
+        results.append(r)
+        base = r["times"]["randn_like"]
+        print(f"{spec}: randn_like {base['median_s'] * 1e3:.3f} ms (min {base['min_s'] * 1e3:.3f})")
+        for k, v in r["ratio_vs_randn_like"].items():
+            tm = r["times"][k]
+            print(f"    {k}: {tm['median_s'] * 1e3:.3f} ms per {tm['per']} = "
+                  f"{v['median']:.2f}x randn_like (min-based {v['min']:.2f}x)")
     meta = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
-        "processor": platform.processor(),
+        "noise_stream_version": NOISE_STREAM_VERSION,
         "sigma_range": [SIGMA_MIN, SIGMA_MAX],
-        "grid": "karras rho=7",
+        "grid": f"karras rho=7, {args.steps} steps",
+        "repeats": args.repeats,
+        "command": "python benchmarks/noise_cost.py " + " ".join(sys.argv[1:]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "noise_cost.json").write_text(

@@ -82,8 +82,10 @@ def _sample_model(args: argparse.Namespace):
     else:
         raise SystemExit(f"unknown model {args.model!r}; available: gmm, "
                          f"{', '.join(list_models())}")
-    grid = args.grid
-    if str(grid).endswith(".json"):  # a searched grid file (diffsolve.grid_search)
+    from .tools.tune import cli_grid, is_tuned_file
+
+    grid, args.tuned_note = cli_grid(args, args.model, args.nfe)
+    if str(grid).endswith(".json") and not is_tuned_file(grid):  # a searched grid file
         from .tools.grid_search import load_grid
 
         grid = load_grid(grid)
@@ -96,6 +98,8 @@ def _sample_model(args: argparse.Namespace):
 
 def cmd_sample(args: argparse.Namespace) -> int:
     gmm, result, seconds = _sample_model(args)
+    if args.tuned_note:
+        print(args.tuned_note, file=sys.stderr)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     head = (f"diffsolve {args.model}: {args.solver}, {result.nfe} NFE, {args.grid} grid, "
@@ -103,6 +107,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     summary = {"model": args.model, "solver": args.solver, "nfe": result.nfe,
                "steps": result.grid.steps, "n": args.n, "seed": args.seed,
                "seconds": round(seconds, 3), "image": str(out)}
+    if args.tuned_note:
+        summary["tuned"] = args.tuned_note
     if gmm is not None:
         _plot_gmm(result.x, gmm, out, f"{head}\n{args.n} samples over the exact mixture density")
     elif result.x.ndim == 2:
@@ -234,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfe", type=int, default=20, help="model-evaluation budget")
     p.add_argument("--grid", default="karras", help="time-step grid name, or a searched-grid "
                    "JSON file (diffsolve.grid_search)")
+    p.add_argument("--tuned", default=None, help="tuned artefact JSON (diffsolve tune); "
+                   "default: the one shipped for the model, when it has the --nfe budget")
+    p.add_argument("--no-tuned", action="store_true", help="do not use a shipped tuned grid")
     p.add_argument("--n", type=int, default=64, help="number of samples (gmm/moons: use "
                    "a few thousand)")
     p.add_argument("--seed", type=int, default=0)
@@ -290,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     gm.add_argument("--seed", type=int, default=0)
     gm.add_argument("--out", default="gamma", help="output folder (default ./gamma)")
     gm.set_defaults(func=cmd_gamma)
+    from .tools.tune import add_tune_parser
+
+    add_tune_parser(sub)
     sub.add_parser("train", help="train a built-in model (see `diffsolve train --help`)",
                    add_help=False)
     return parser

@@ -13,20 +13,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..core.errors import GridError, NonFiniteError, SolverOptionError
+from ..core.errors import GridError, SolverOptionError
 from ..core.grids import Grid, make_grid
 from ..core.models import Denoiser
 from ..core.noise import NoiseSource, make_noise
 from ..solvers import GridPlan, Solver, get_solver
 from .arguments import SOLVE_KEYS, check_sample_args, check_solve_args
+from .finite import CheckFinite, FiniteGuard, replayable
+from .tuned import resolve_tuned
 
-CheckFinite = Literal["auto", "step", "end", "off"]
 Callback = Callable[[dict[str, Any]], None]
 
 
@@ -92,36 +93,6 @@ def integrate(solver: Solver, plan: GridPlan, model: Denoiser, noise: NoiseSourc
     return x
 
 
-def _all_finite(x: Tensor) -> bool:
-    """Exact host-side finiteness check (one sync). Fast path: a finite sum implies finite
-    elements (NaN/inf propagate); only a non-finite sum, e.g. an overflow, pays for the
-    element-wise test (about 80x cheaper than ``isfinite(x).all()`` at 64x3x64x64)."""
-    x = x.detach()
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
-
-
-def _first_nonfinite_step(flag: Tensor, x: Tensor, i: int) -> Tensor:
-    # min and max propagate NaN and reach +-inf: exact, one pass, no boolean temporary
-    lo, hi = torch.aminmax(x.detach())
-    bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
-    return torch.where((flag < 0) & bad, torch.full_like(flag, i), flag)
-
-
-def _raise_nonfinite(step: int, grid: Grid, what: str) -> None:
-    sig = float(grid.sigmas[step])
-    raise NonFiniteError(
-        f"{what} became non-finite (NaN or inf) at step {step} (sigma={sig:.6g}). Likely causes: "
-        "a model output that overflows (try model_dtype=torch.float32), too few steps for a "
-        "high-order solver, or a grid outside the model's trained range", step=step, sigma=sig)
-
-
-def _raise_nonfinite_input(grid: Grid) -> None:
-    sig = float(grid.sigmas[0])
-    raise NonFiniteError(
-        f"the input state x contains NaN or inf before the first step (sigma={sig:.6g}); "
-        "check the initial noise / the image being inverted or edited", step=0, sigma=sig)
-
-
 def solve(
     model: Denoiser,
     x: Tensor,
@@ -156,15 +127,16 @@ def solve(
         return_trajectory: also return the states at every node.
         denoise_final: apply x <- D(x) after the last node when it is not sigma = 0
             (costs one NFE). Grids ending at sigma = 0 always end with it.
-        check_finite: "step" raises at the first non-finite step (one host sync per step),
-            "end" tracks the first bad step on the device and raises at the end, "off" skips
-            the check, "auto" is "step" on CPU and "end" elsewhere.
+        check_finite: "final" tests the result once and, if it is not finite, replays the
+            run with per-step checks to name the first failing step and sigma (nothing inside
+            the loop); "step" raises at the first non-finite step (one host sync per step);
+            "end" tracks the first bad step on the device and raises at the end; "off" skips
+            the check; "auto" is "final" when the run can be replayed (deterministic solver or
+            keyed noise) and "end" otherwise (see :mod:`diffsolve.drivers.finite`).
         **solver_options: options of the named solver (unknown options raise).
     """
     check_solve_args(model, x, solver, solver_options)
     solver_obj = get_solver(solver, **solver_options)
-    if check_finite not in ("auto", "step", "end", "off"):
-        raise SolverOptionError(f"check_finite must be auto/step/end/off, got {check_finite!r}")
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise SolverOptionError("x must be a floating-point tensor (batch first)")
     if x.ndim < 1 or x.shape[0] < 1:
@@ -177,27 +149,19 @@ def solve(
     plan = solver_obj.plan(model.schedule, finite, denoise_final=final_denoise)
     noise_src = make_noise(noise, x, seed=seed, offset=offset,
                            lam_range=(float(finite[0]), float(finite[-1])))
-    mode = ("step" if x.device.type == "cpu" else "end") if check_finite == "auto" else check_finite
+    guard = FiniteGuard(check_finite, grid, x, can_replay=replayable(solver_obj, noise_src))
+    x_in = x
     nfe_start = model.nfe
     trajectory = [x] if return_trajectory else None
-    flag = torch.full((), -1, dtype=torch.long, device=x.device)
-    bad_input = None
-    if mode == "step" and not _all_finite(x):
-        _raise_nonfinite_input(grid)
-    elif mode == "end":
-        bad_input = ~torch.isfinite(x).all()  # read back once, at the end
     total = plan.steps + (1 if final_denoise else 0)
     sigmas = [p.sigma_edm for p in plan.points] + [0.0]
     bar = tqdm(total=total, disable=progress is False, delay=1.0 if progress is None else 0.0,
                desc=solver_obj.name, leave=False)
 
     def after_step(i: int, x_i: Tensor, denoised: Tensor) -> None:
-        nonlocal flag
         final = i == plan.steps
-        if mode == "step" and not _all_finite(x_i):
-            _raise_nonfinite(i, grid, "the final denoised sample" if final else "the state")
-        elif mode == "end":
-            flag = _first_nonfinite_step(flag, x_i, i)
+        if guard.per_step is not None:
+            guard.per_step(i, x_i, "the final denoised sample" if final else "the state")
         if trajectory is not None and (not final or grid.to_zero):
             trajectory.append(x_i)
         if callback is not None:
@@ -207,18 +171,22 @@ def solve(
                       "denoised": denoised})
         bar.update(1)
 
+    quiet = guard.per_step is None and trajectory is None and callback is None and bar.disable
     try:
         x = integrate(solver_obj, plan, model, noise_src, x, final_denoise=final_denoise,
-                      after_step=after_step)
+                      after_step=None if quiet else after_step)
     finally:
         bar.close()
-    if mode == "end":
-        bad, bad_in = torch.stack([flag, bad_input.long()]).tolist()  # one host sync
-        if bad_in:
-            _raise_nonfinite_input(grid)
-        if bad >= 0:
-            _raise_nonfinite(bad, grid, "the state")
-    return SampleResult(x=x, nfe=model.nfe - nfe_start, grid=grid, trajectory=trajectory)
+    nfe = model.nfe - nfe_start
+
+    def replay() -> None:  # the error path of "final": same input and noise, per-step checks
+        try:
+            solve(model, x_in, grid, solver_obj, noise=noise_src, progress=False,
+                  denoise_final=denoise_final, check_finite="step")
+        finally:
+            model.nfe = nfe_start + nfe
+    guard.finish(x, plan.steps if final_denoise else plan.steps - 1, replay)
+    return SampleResult(x=x, nfe=nfe, grid=grid, trajectory=trajectory)
 
 
 def initial_noise(shape: Sequence[int], *, seed: int = 0, offset: int = 0,
@@ -258,7 +226,10 @@ def sample(
         steps: number of grid intervals; or give ``nfe`` and the steps are derived from it.
         nfe: model-evaluation budget (exclusive with ``steps``).
         grid: grid name ("karras", "uniform_lambda", "uniform_t", "quadratic_t",
-            "polyexponential"), a :class:`Grid`, or EDM sigmas (decreasing, may end in 0).
+            "polyexponential"), a :class:`Grid`, EDM sigmas (decreasing, may end in 0), or a
+            tuned artefact (:mod:`diffsolve.drivers.tuned`; object or JSON path): then ``nfe`` picks
+            its entry, which sets the grid, the solver (unless ``solver`` has its own entry
+            at that budget) and the solver's options.
             Named grids end at sigma = 0 unless grid_options={"to_zero": False}.
         seed, offset: the initial noise of sample b is keyed by (seed, offset + b); stochastic
             solvers draw from the same per-sample streams unless ``noise`` says otherwise.
@@ -268,6 +239,9 @@ def sample(
         **kwargs: passed to :func:`solve` (callback, progress, return_trajectory,
             denoise_final, check_finite) and the solver's options.
     """
+    tuned = resolve_tuned(grid, model, solver, nfe, steps)  # grid=<tuned artefact or file>
+    if tuned is not None:
+        solver, grid, kwargs = tuned[0], tuned[1], {**tuned[2], **kwargs}
     check_sample_args(locals())
     solver_obj = get_solver(solver, **{k: v for k, v in kwargs.items() if k not in SOLVE_KEYS})
     solve_kwargs = {k: v for k, v in kwargs.items() if k in SOLVE_KEYS}

@@ -53,6 +53,7 @@ from ..core.models import Denoiser, data_from_output
 from ..core.noise import PerSampleStreams
 from ..core.schedules import DiscreteVP, EvalPoint, NoiseSchedule
 from ..drivers.stepper import Stepper, evaluation_plan
+from ..drivers.tuned import load_tuned, scheduler_settings
 from ..solvers import get_solver
 from .diffusers_config import (
     as_config,
@@ -131,6 +132,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         source_config: the config of the diffusers scheduler this one replaces (set by
             :meth:`from_config`); that scheduler's own ``set_timesteps`` then gives the grid,
             its ``alphas_cumprod`` the schedule and its class the default solver.
+        tuned: path of a ``diffsolve tune`` artefact (:mod:`diffsolve.tools.tune`): then
+            ``set_timesteps(n)`` takes n as an NFE budget of the artefact and uses its solver,
+            options and sigmas (EDM sigmas sigma/alpha) for that budget.
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]  # noqa: RUF012 - diffusers API
@@ -159,6 +163,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         solver_options: dict[str, Any] | None = None,
         seed: int | None = None,
         source_config: dict[str, Any] | None = None,
+        tuned: str | None = None,
     ) -> None:
         if final_sigmas_type not in ("zero", "sigma_min"):
             raise SolverOptionError(
@@ -177,6 +182,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         options = {**(choice.options if choice is not None else {}), **(solver_options or {})}
         self.solver = get_solver(name, **options)
         self._default_solver = choice is not None
+        self._tuned = load_tuned(tuned) if tuned else None  # a diffsolve tune artefact
         self.flow = is_flow_config(cfg)
         self.schedule: NoiseSchedule = peer_schedule(self._peer, self.flow) or \
             schedule_from_config(cfg)
@@ -296,7 +302,11 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         peer_t: Tensor | None = None
         use_peer = False
         self._sync_peer()
-        if self._peer is not None:
+        if self._tuned is not None and timesteps is None and sigmas is None:
+            # tuned=...: num_inference_steps is the NFE budget of one of the artefact's entries
+            solver, options, sigmas = scheduler_settings(self._tuned, int(num_inference_steps))
+            self.solver = get_solver(solver, **options)
+        if self._peer is not None and self._tuned is None:
             kw = {k: v for k, v in (("timesteps", timesteps), ("sigmas", sigmas), ("mu", mu))
                   if v is not None}
             accepted = inspect.signature(self._peer.set_timesteps).parameters

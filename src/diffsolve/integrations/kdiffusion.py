@@ -52,6 +52,7 @@ from ..core.grids import Grid
 from ..core.models import Denoiser
 from ..core.noise import GivenNoise, KDiffusionNoiseSampler, NoiseSource, make_noise
 from ..drivers.loop import solve
+from ..drivers.tuned import kdiffusion_sigmas as tuned_sigmas  # noqa: F401 - tuned sigmas
 from ..solvers import get_solver, list_solvers, solver_class
 from ..solvers.engines.renoise import MAX_GAMMA, churn_gamma, churn_std
 from .kdiffusion_dpm import check_sigma_range, dpm_adaptive, dpm_fast

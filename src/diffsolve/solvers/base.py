@@ -152,12 +152,8 @@ class Solver(abc.ABC):
     @final
     def steady_evaluations(self) -> int:
         """Evaluations of one step past the warm-up and before the final steps (the
-        "NFE per step" of the solver tables), from :meth:`step_evaluations` (of the solver
-        without per-step order caps, which fix the step count of one grid)."""
-        probe = self
-        if getattr(self, "step_order_caps", None) is not None:
-            probe = replace(self, step_order_caps=None)
-        return probe.step_evaluations(2 * STEADY_PROBE, False)[STEADY_PROBE]
+        "NFE per step" of the solver tables), from :meth:`step_evaluations`."""
+        return self.step_evaluations(2 * STEADY_PROBE, False)[STEADY_PROBE]
 
     @final
     def steps_for_nfe(self, budget: int, *, to_zero: bool = True) -> int:

@@ -1,6 +1,6 @@
 r"""Noise for stochastic samplers: the :class:`NoiseSource` interface and its implementations.
 
-* :class:`PerSampleStreams` — counter-based per-sample Gaussian streams keyed by
+* :class:`PerSampleStreams` — keyed per-sample Gaussian streams keyed by
   (seed, step, draw, element): batch-, order- and device-independent (the default).
 * :class:`BrownianPath` — a virtual Brownian tree in lambda keyed by (seed, lambda): the same
   path at every step count.
@@ -28,10 +28,11 @@ from .base import (
     lam_of_sigma,
 )
 from .brownian import DEFAULT_LEAF_WIDTH, BrownianPath
-from .streams import PerSampleStreams, derive_seed
+from .streams import NOISE_STREAM_VERSION, PerSampleStreams, derive_seed
 
 __all__ = [
     "DEFAULT_LEAF_WIDTH",
+    "NOISE_STREAM_VERSION",
     "BrownianPath",
     "GivenNoise",
     "KDiffusionNoiseSampler",

@@ -2,8 +2,8 @@ r"""A virtual Brownian path in lambda, keyed only by (seed, lambda).
 
 :class:`BrownianPath` gives every sample a Brownian motion W(lambda) on
 [lam_min, lam_max] that is a *fixed function* of the sample seed and lambda. It is never
-stored: any value is recomputed on demand from counter-based normals
-(:mod:`diffsolve.noise.streams`), so
+stored: any value is recomputed on demand from keyed normals
+(:func:`diffsolve.noise.streams.keyed_normals`, keyed by (seed, level, node)), so
 
 * the increment over [a, c] is exactly the sum of the increments over [a, b] and [b, c]
   (up to float64 rounding);
@@ -17,7 +17,7 @@ The idea is the virtual Brownian tree of Li, Wong, Chen & Duvenaud (2020, "Scala
 for stochastic differential equations", AISTATS) and Kidger, Foster, Li & Lyons (2021,
 "Efficient and accurate gradients for neural SDEs", NeurIPS; diffrax's
 ``VirtualBrownianTree``), built here on Lévy's midpoint (Brownian-bridge) construction and on
-counter-based normals instead of a splittable PRNG.
+keyed per-node normal streams instead of a splittable PRNG.
 
 **Construction.** Write L = lam_max - lam_min and number the dyadic nodes of level l as
 [lam_min + k L/2^l, lam_min + (k+1) L/2^l], k < 2^l. Let W(lam_min) = 0 and
@@ -59,9 +59,10 @@ increment.
 leaves the previous query's path (cached), one normal tensor per new node; monotone solver
 queries therefore cost about ``depth - log2(L/h) + 1`` normal tensors per step of size h.
 Recent point values are cached too, so the left end of a step is usually free. Each normal
-tensor costs about 3-5 ``torch.randn`` of the same shape on CPU (hash plus float64
-Box–Muller), so a step costs about 10-20x randn at depth 6 and 20-35x at the default depth 8
-for 20-50 Karras steps at batch 1 or 64 x 4x64x64 (``benchmarks/noise_cost.py``; k-diffusion's
+tensor costs about one ``torch.randn`` of the same shape (:func:`keyed_normals`) plus a float64
+cast, and the tree arithmetic is float64, so a step of a 20-step Karras grid costs about 11x
+(depth 6) to 18x (default depth 8) ``randn_like`` at 64x3x64x64 and 30-45x at 1x4x64x64,
+where per-call overheads dominate (``benchmarks/noise_cost.py``, docs/bench/noise; k-diffusion's
 torchsde tree costs about 100x). Memory: about ``depth + 2`` float64 tensors of the state's
 size are held.
 """
@@ -83,8 +84,8 @@ from .streams import (
     _as_int,
     _check_batch,
     base_key,
-    counter_normals,
     derive_seed,
+    keyed_normals,
     request_keys,
     request_word,
 )
@@ -222,8 +223,9 @@ class BrownianPath:
     ) -> Tensor:
         keys = request_keys(self._bases, words)
         self.normals_drawn += len(words)
-        z = counter_normals(keys, rows * len(words), n, device, scales)
-        return z.view(rows, len(words), n)
+        z = keyed_normals(keys, n, device, torch.float64).view(rows, len(words), n)
+        z *= torch.tensor(scales, dtype=torch.float64, device=device).view(1, -1, 1)
+        return z
 
     def _scale(self, lev: int) -> float:
         if lev < 0:

@@ -228,7 +228,15 @@ class HistorySolver(Solver):
                                self.warmup, self.order_caps)
 
     def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
-        return tuple(k.evaluations for k in self.step_kinds(steps, denoise_final))
+        """From the warm-up schedule. Per-step caps belong to the grid of len(caps) steps
+        (``plan`` refuses any other); the cost of another step count, e.g. while
+        :meth:`steps_for_nfe` searches, is that of the uncapped solver."""
+        caps = self.order_caps
+        if caps is not None and len(caps) != steps:
+            caps = None
+        kinds = warmup_schedule(self.history_order, steps, denoise_final, self.lower_order_final,
+                                self.warmup, caps)
+        return tuple(k.evaluations for k in kinds)
 
     @property
     def order(self) -> int:
