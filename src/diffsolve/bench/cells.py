@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ..errors import NonFiniteError, SolverOptionError
 from ..sample import sample, steps_for_nfe
-from ..solvers import get_solver, solver_class
 from .metrics import ode_error
+from .solver_spec import build
 from .store import now
 from .tasks import BenchTask
 
@@ -32,7 +32,7 @@ def draw(task: BenchTask, solver: str, n: int, seed: int, grid: str, device: str
          *, nfe: int) -> Tensor:
     """n samples of ``task`` with ``solver`` at ``nfe``."""
     with torch.no_grad():
-        res = sample(task.model, (n, *task.shape), solver=solver, nfe=nfe, grid=grid,
+        res = sample(task.model, (n, *task.shape), solver=build(solver), nfe=nfe, grid=grid,
                      seed=seed, dtype=task.dtype, device=device, progress=False)
     return res.x
 
@@ -69,20 +69,21 @@ def run_cell(task: BenchTask, solver: str, nfe: int, samples: int, seed: int, gr
     (``SampleResult.nfe``), never a declared cost; ``over_budget`` flags a run that used more
     evaluations than the budget. Status: ok / skipped (budget below the solver's minimum) /
     failed (non-finite samples) / error (the solver raised; recomputed on resume)."""
-    cls = solver_class(solver)
+    inst = build(solver)
+    cls = type(inst)
     cell: dict[str, Any] = {
         "model": task.name, "solver": solver, "nfe": nfe, "samples": samples, "seed": seed,
         "stochastic": bool(cls.stochastic), "order": int(cls.order),
         "nfe_per_step": int(cls.nfe_per_step), "setup": setup}
     try:
-        steps = steps_for_nfe(get_solver(solver), nfe)
+        steps = steps_for_nfe(inst, nfe)
     except SolverOptionError as e:
         return {**cell, "status": "skipped", "reason": str(e), "computed_at": now()}
     _sync(device)
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            res = sample(task.model, (samples, *task.shape), solver=solver, nfe=nfe, grid=grid,
+            res = sample(task.model, (samples, *task.shape), solver=inst, nfe=nfe, grid=grid,
                          seed=seed, dtype=task.dtype, device=device, progress=False)
         _sync(device)
     except NonFiniteError as e:

@@ -36,9 +36,9 @@ Every metric has a Monte Carlo floor (its value on exact samples of the same siz
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -69,19 +69,27 @@ def _chunked_log_prob(x: Tensor, gmm: GaussianMixture, chunk: int = 100_000) -> 
                       for i in range(0, x.shape[0], chunk)])
 
 
-@lru_cache(maxsize=8)
-def _expected_log_density(gmm_key: int, gmm: GaussianMixture, n_ref: int,
-                          seed: int) -> tuple[float, float]:
-    ref = gmm.sample(n_ref, torch.Generator().manual_seed(seed))
-    lp = _chunked_log_prob(ref, gmm)
-    return float(lp.mean()), float(lp.var() / n_ref)
+def mixture_key(gmm: GaussianMixture) -> str:
+    """A hash of the mixture's parameters (cache key: equal mixtures share cached values)."""
+    h = hashlib.sha256()
+    for t in (gmm.weights, gmm.means, gmm.covs):
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+_CACHE: dict[tuple[Any, ...], Any] = {}
 
 
 def expected_log_density(gmm: GaussianMixture, *, n_ref: int = 1_000_000,
                          seed: int = 987_654) -> tuple[float, float]:
     """(E_p[log p], variance of that Monte Carlo estimate) from ``n_ref`` exact samples
-    (cached per mixture object)."""
-    return _expected_log_density(id(gmm), gmm, n_ref, seed)
+    (cached per mixture parameters)."""
+    key = ("elp", mixture_key(gmm), n_ref, seed)
+    if key not in _CACHE:
+        ref = gmm.sample(n_ref, torch.Generator().manual_seed(seed))
+        lp = _chunked_log_prob(ref, gmm)
+        _CACHE[key] = (float(lp.mean()), float(lp.var() / n_ref))
+    return _CACHE[key]
 
 
 def log_density_gap(x: Tensor, gmm: GaussianMixture, *,
@@ -155,8 +163,14 @@ def grid_box(gmm: GaussianMixture, width: float = 4.0) -> tuple[float, float, fl
     return float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1])
 
 
-@lru_cache(maxsize=8)
-def _cell_probs(gmm_key: int, gmm: GaussianMixture, bins: int, sub: int) -> Tensor:
+def _cell_probs(gmm: GaussianMixture, bins: int, sub: int) -> Tensor:
+    key = ("cells", mixture_key(gmm), bins, sub)
+    if key not in _CACHE:
+        _CACHE[key] = _compute_cell_probs(gmm, bins, sub)
+    return _CACHE[key]
+
+
+def _compute_cell_probs(gmm: GaussianMixture, bins: int, sub: int) -> Tensor:
     x0, x1, y0, y1 = grid_box(gmm)
     nx = bins * sub
     xs = x0 + (torch.arange(nx, dtype=torch.float64) + 0.5) * (x1 - x0) / nx
@@ -180,7 +194,7 @@ def grid_divergences(x: Tensor, gmm: GaussianMixture, *, bins: int = 48,
     xf = _flat(x, 2)
     if not torch.isfinite(xf).all():
         return {"grid_tv": math.nan, "grid_kl": math.nan}
-    p = _cell_probs(id(gmm), gmm, bins, sub)
+    p = _cell_probs(gmm, bins, sub)
     x0, x1, y0, y1 = grid_box(gmm)
     ix = torch.floor((xf[:, 0] - x0) / (x1 - x0) * bins).long()
     iy = torch.floor((xf[:, 1] - y0) / (y1 - y0) * bins).long()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,8 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
                 lo, hi = sorted((tr(m, v["lo"]), tr(m, v["hi"])))
                 if m in TARGET and v["lo"] <= TARGET[m] <= v["hi"]:
                     lo = 0.0
+                if not (math.isfinite(lo) and math.isfinite(hi)):
+                    lo = hi = mid  # one seed: no interval to draw
                 pts.append((c["nfe_used"], mid, lo, hi))
             pts = [p for p in pts if p[1] > 0]
             if not pts:
@@ -78,7 +81,7 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
         ax.set_ylabel(f"|{m} - {TARGET[m]:g}|" if m in TARGET else label)
         ax.grid(True, which="both", alpha=0.3)
         f = floor.get(m)
-        if isinstance(f, dict):
+        if isinstance(f, dict) and math.isfinite(f["hi"]) and math.isfinite(f["lo"]):
             hi = max(abs(f["hi"] - TARGET[m]), abs(f["lo"] - TARGET[m])) if m in TARGET \
                 else f["hi"]
             if hi > 0:

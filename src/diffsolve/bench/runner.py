@@ -32,10 +32,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import DiffsolveError
-from ..solvers import list_solvers, solver_class
+from ..solvers import list_solvers
 from .cells import DEFAULT_REFERENCE_NFE, ode_reference, run_cell
 from .plots import plot_metric_vs_nfe, write_sample_grids
 from .report import write_report
+from .solver_spec import build
 from .stats import mean_ci
 from .store import FORMAT, cell_key, environment, load_results, now, write_json_atomic
 from .summary import aggregate, summarize
@@ -61,7 +62,7 @@ def _resolve_solvers(solvers: str | Sequence[str]) -> list[str]:
     if not names:
         raise DiffsolveError("no solvers given")
     for name in names:
-        solver_class(name)  # raises with suggestions for an unknown name
+        build(name)  # raises with suggestions for an unknown name or option
     return names
 
 
@@ -85,7 +86,8 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
 
     Args:
         model_name: one of :data:`MODELS`.
-        solvers: solver names, a comma-separated string, or "all" (every registered solver).
+        solvers: solver specs (names, or ``name[key=value;...]``, :mod:`.solver_spec`), a
+            comma-separated string of them, or "all" (every registered solver).
         nfes: NFE budgets; a solver runs with ``diffsolve.sample(..., nfe=budget)``; the
             evaluations it really used (the model's counter) are stored as ``nfe_used``.
             Budgets below a solver's minimum are recorded as skipped with the reason.
