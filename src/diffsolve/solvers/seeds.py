@@ -25,8 +25,9 @@ split is exact only for equal sub-intervals, note Sec. 2.2 / defect 4b).
   docs/sde_solvers.md).
 
 The noise-prediction form (``prediction="noise"``; the official code's default for SEEDS-3) is
-offered for SEEDS-1/2/3 (at eta = 0 SEEDS-3 noise form is DPM-Solver-3) and is not recommended: it injects sigma_t sqrt(eta (e^{2h} - 1)) noise and relies on the
-eps-integral to cancel it (note Sec. 1.3).
+offered for SEEDS-1/2/3 (at eta = 0 SEEDS-3 noise form is DPM-Solver-3) and is not recommended:
+it injects sigma_t sqrt(eta (e^{2h} - 1)) noise and relies on the eps-integral to cancel it
+(note Sec. 1.3).
 """
 
 from __future__ import annotations
