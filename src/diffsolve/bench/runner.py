@@ -43,6 +43,7 @@ from .summary import aggregate, summarize
 from .tasks import (
     BASELINE_SEED_OFFSET,
     DEFAULT_SAMPLES,
+    MMD_POINTS,
     MODELS,
     REF_DATA_SEED_OFFSET,
     make_task,
@@ -81,6 +82,7 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
                   progress: bool = True, *, grid: str = "karras", device: str = "cpu",
                   reference_nfe: int | None = DEFAULT_REFERENCE_NFE,
                   grid_nfe: int | None = None, n_seeds: int = DEFAULT_SEEDS,
+                  mmd_points: int | None = MMD_POINTS,
                   on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Benchmark ``solvers`` x ``nfes`` x seeds on ``model_name``; write results, report, plots.
 
@@ -102,6 +104,8 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
         grid_nfe: budget of the sample grids of image models (default 20 if run, else the
             middle budget).
         n_seeds: seeds per cell (>= 1; 3 or more for meaningful intervals).
+        mmd_points: rows per set of the mixture models' MMD (None: skip the MMD, the
+            costliest metric, e.g. for long NFE sweeps).
         on_cell: called with every newly computed cell run after results.json is written.
 
     Returns:
@@ -128,7 +132,7 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results = load_results(path)
-    task = make_task(model_name, samples)
+    task = make_task(model_name, samples, mmd_points=mmd_points)
     setup = {"grid": grid, "dtype": str(task.dtype).replace("torch.", ""),
              "reference_nfe": reference_nfe, **task.setup}
     versions, hardware = environment()
