@@ -5,8 +5,8 @@ budget x seed, seeded noise, metrics of :mod:`diffsolve.bench.tasks`) on one mod
 every solver and seed, finds the NFE at which a criterion is first met *and stays met* at every
 larger budget, interpolating log-linearly between the two budgets around the crossing. A
 solver that never meets the ll_gap criterion by the largest budget is re-run at the
-extension budgets (``--extend``; Euler-Maruyama always); if it still fails, its NFE is reported as "> largest budget" and ratios
-against it as bounds.
+extension budgets (``--extend``; Euler-Maruyama always); if it still fails, its NFE is
+reported as "> largest budget" and ratios against it as bounds.
 
 Criteria (exact-density, analytic models):
 * ``ll_gap``: |mean log p(samples) - E_p log p| <= 0.05 (the issue's criterion; SE ~0.015
