@@ -4,10 +4,11 @@ metrics meant to see them (and the moment Frechet distance is shown blind to wid
 reason these metrics exist). The full table (more draws, every metric x perturbation) is
 benchmarks/known_answer.py -> docs/bench/known_answer/known_answer.md.
 
-Rule: a perturbation is detected when its value lies more than DETECT = 5 floor standard
+Rule: a perturbation is detected when its value lies more than DETECT = 4 floor standard
 deviations from the floor's mean (floor: FLOOR_DRAWS exact draws of the same size); exact
-samples must lie within AT_FLOOR = 4 standard deviations. The measured margins (z-scores at
-n = 3000 with these seeds) are written next to each case so that a change is visible.
+samples must lie within AT_FLOOR = 3 standard deviations. The measured z-scores at n = 3000
+with these seeds are written next to each case (smallest detected: 6.6, i.e. >= 1.65x the
+bound; largest exact: 1.1, i.e. <= 0.4x the bound).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from diffsolve.zoo import GaussianMixture
 
 N = 3000
 FLOOR_DRAWS = 4
-DETECT = 5.0
-AT_FLOOR = 4.0
+DETECT = 4.0
+AT_FLOOR = 3.0
 
 _GMM = GaussianMixture.default_2d()
 _REF = _GMM.sample(N, torch.Generator().manual_seed(999))
@@ -77,12 +78,21 @@ def _z(metric: str, kind: str, seed: int = 77) -> float:
     return (_values(kind, seed)[metric] - statistics.mean(floor)) / statistics.stdev(floor)
 
 
-# (metric, perturbation) pairs each metric is meant to detect
-DETECTS = [("mode_kl", "wider"), ("mode_kl", "dropped"), ("mode_kl", "shifted"),
-           ("grid_kl", "wider"), ("grid_kl", "dropped"), ("grid_kl", "shifted"),
-           ("ll_gap", "wider"), ("var_ratio", "wider"), ("weight_tv", "dropped"),
-           ("mean_err", "shifted"), ("mmd", "dropped"), ("mmd", "shifted"),
-           ("mmd", "wider")]
+# (metric, perturbation) pairs each metric detects, with the measured z at n = 3000
+DETECTS = [("mode_kl", "wider"),  # z 30
+           ("mode_kl", "dropped"),  # z 101
+           ("mode_kl", "shifted"),  # z 28
+           ("grid_kl", "wider"),  # z 6.6
+           ("grid_kl", "dropped"),  # z 9.2
+           ("ll_gap", "wider"),  # z -8.6
+           ("var_ratio", "wider"),  # z 7.8
+           ("weight_tv", "dropped"),  # z 25
+           ("mean_err", "shifted"),  # z 7.0
+           ("mmd", "dropped"),  # z 33
+           ("mmd", "shifted")]  # z 6.6
+# blind spots (kept visible; see docs/bench/known_answer): the log-density gap does not see
+# a dropped or shifted mode, the grid KL a half-sigma shift (z 4.1), and the MMD and the
+# moment FD 10 % wider modes (z -0.3 and -0.6)
 
 
 @pytest.mark.parametrize(("metric", "kind"), DETECTS)
@@ -98,11 +108,12 @@ def test_exact_samples_sit_at_the_floor(metric):
     assert abs(z) < AT_FLOOR, f"{metric}: exact samples at z = {z:.1f}"
 
 
-def test_moment_frechet_distance_is_blind_to_wider_modes():
-    """The motivating failure: 10 % wider modes move the exact-moment FD by less than its
-    own floor scatter, while the log-density gap moves by many standard errors."""
-    assert abs(_z("fd", "wider")) < DETECT
-    assert abs(_z("ll_gap", "wider")) > DETECT  # measured z ~ -8.6
+def test_moment_frechet_distance_and_mmd_are_blind_to_wider_modes():
+    """The motivating failure: 10 % wider modes move the exact-moment FD and the multi-scale
+    MMD by less than their own floor scatter (z -0.6 and -0.3), while the log-density gap
+    moves by many standard deviations (z -8.6)."""
+    assert abs(_z("fd", "wider")) < 2.0 and abs(_z("mmd", "wider")) < 2.0
+    assert abs(_z("ll_gap", "wider")) > DETECT
 
 
 def test_log_density_gap_signs_and_standard_error():
