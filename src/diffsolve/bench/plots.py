@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,8 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
 
 def write_sample_grids(out: Path, task: BenchTask, solvers: Sequence[str], nfe: int, seed: int,
                        grid: str, device: str) -> list[Path]:
-    """``samples_<solver>.png``: the first 32 samples (same seeds as the run) at ``nfe``.
+    """``samples_<solver>.png`` (characters other than letters, digits, ``_.-`` of a solver
+    spec replaced by ``_``): the first 32 samples (same seeds as the run) at ``nfe``.
     Existing files are kept; solvers that cannot run at ``nfe`` are left out."""
     import matplotlib
 
@@ -109,7 +111,7 @@ def write_sample_grids(out: Path, task: BenchTask, solvers: Sequence[str], nfe: 
 
     paths = []
     for s in solvers:
-        p = out / f"samples_{s}.png"
+        p = out / f"samples_{re.sub(r'[^A-Za-z0-9_.-]', '_', s)}.png"
         if not p.exists():
             try:
                 x = draw(task, s, GRID_SAMPLES, seed, grid, device, nfe=nfe)
