@@ -5,8 +5,9 @@ Runs the benchmark harness (:func:`diffsolve.bench.runner.run_benchmark`) on ``g
 denoiser) and ``gmm-err`` (the exact denoiser plus a smooth error, eps = 0.1,
 :func:`diffsolve.bench.models.erroneous_model`), both scored against the exact mixture, and
 draws OUT/sde_vs_ode.png: |ll_gap| (exact log-density gap) and |var_ratio - 1| (within-mode
-variance ratio) against NFE, mean over seeds with the 95 % interval as a band, the exact-sample
-floor as a grey band. Cells already computed in OUT/<model>/results.json are reused; the
+variance ratio) against NFE, mean over seeds with the 95 % interval as a band (its lower
+edge clipped at a tenth of the mean on the log axis), the exact-sample floor as a grey band.
+Cells already computed in OUT/<model>/results.json are reused; the
 exact-denoiser panel is read from ``--exact-dir`` when benchmarks/seeds_speedup.py has written
 it there (then with that run's solvers and budgets).
 
@@ -40,9 +41,11 @@ def plot(panels: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(len(panels), len(METRICS), figsize=(12, 4.8 * len(panels)),
                              dpi=90, squeeze=False)
     cmap = plt.get_cmap("tab10")
+    names = list(dict.fromkeys(s for d in panels.values() for s in d["config"]["solvers"]))
     for i, (title, data) in enumerate(panels.items()):
         cfg, runs, floor = data["config"], data["cells"], data["floor"]
-        for j, s in enumerate(cfg["solvers"]):
+        for s in cfg["solvers"]:
+            j = names.index(s)
             rows = []
             for n in cfg["nfe"]:
                 agg = aggregate([runs[f"{cfg['model']}|{s}|nfe={n}|n={cfg['samples']}|seed={sd}"]
@@ -57,9 +60,9 @@ def plot(panels: dict[str, dict], path: Path) -> None:
                     mid = abs(v["mean"] - t)
                     lo, hi = sorted((abs(v["lo"] - t), abs(v["hi"] - t)))
                     if v["lo"] <= t <= v["hi"]:
-                        lo = mid * 1e-2
+                        lo = mid * 0.1
                     if mid > 0 and math.isfinite(hi):
-                        pts.append((nfe, mid, max(lo, mid * 1e-2), hi))
+                        pts.append((nfe, mid, max(lo, mid * 0.1), hi))
                 if not pts:
                     continue
                 xs, ys, los, his = zip(*pts, strict=True)
@@ -78,7 +81,8 @@ def plot(panels: dict[str, dict], path: Path) -> None:
             ax.set_title(f"{title}: {cfg['samples']} samples x {len(cfg['seeds'])} seeds",
                          fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper right", title="solid: SDE, dashed: ODE",
+    for row in axes:
+        row[-1].legend(fontsize=7, loc="upper right", title="solid: SDE, dashed: ODE",
                        title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
