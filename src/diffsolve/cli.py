@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--solvers", default="all", help="comma-separated solver names or 'all'")
     b.add_argument("--nfe", default="5,10,20,50,100", help="comma-separated NFE budgets")
     b.add_argument("--samples", type=int, default=None,
-                   help="samples per cell (default: gmm 10000, digits 1000, moons 5000)")
+                   help="samples per cell and seed (default: mixtures 10000, digits 800, moons "
+                   "5000)")
     b.add_argument("--seed", type=int, default=0, help="first seed")
     b.add_argument("--seeds", type=int, default=3, help="seeds per cell (mean ± 95%% CI)")
     b.add_argument("--grid", default="karras", help="time-step grid name")
