@@ -27,7 +27,9 @@ def test_card_hash_size_and_loading(name):
 @pytest.mark.parametrize("name", sorted(gmm_learned.LEARNED))
 def test_learned_denoiser_is_close_to_the_exact_one(name):
     """On noisy data x = x0 + sigma n the network's D is within a modest RMS of the exact
-    posterior mean (it learned the mixture), yet not equal to it (its own error remains)."""
+    posterior mean (it learned the mixture), yet not equal to it (its own error remains).
+    Measured RMS / (exact denoiser's own RMS error): 0.02-0.06 (2-D), 0.05-0.10 (16-D) at
+    sigma = 0.05, 0.5, 5; the bound is 0.5 (+0.02)."""
     gmm, den = gmm_learned.load_learned(name)
     g = torch.Generator().manual_seed(0)
     x0 = gmm.sample(2000, g)
