@@ -31,20 +31,28 @@ from typing import Any
 import torch
 
 from diffsolve import initial_noise, sample
+from diffsolve.bench.cells import ode_reference
 from diffsolve.bench.metrics import ode_error
-from diffsolve.bench.runner import (
-    _now,
-    _ode_reference,
-    environment,
-    load_results,
-    make_task,
-    write_json_atomic,
-)
+from diffsolve.bench.store import environment, write_json_atomic
+from diffsolve.bench.store import now as _now
+from diffsolve.bench.tasks import make_task
 from diffsolve.grid_search import SearchedGrid, reference_endpoints, search_grid
 from diffsolve.solvers import get_solver, list_solvers, solver_class
 from diffsolve.tools.v3_calibration import EMS, compute_statistics
 
 FORMAT = "diffsolve-bench-v1"
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """This benchmark's results.json (its own format), or {} if absent."""
+    import json
+
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise SystemExit(f"{path} is not a {FORMAT} results file")
+    return data
 BASELINE = "dpmpp_3m"
 CALIB_SEED = 50_000
 SETTINGS = {
@@ -178,7 +186,7 @@ def run_cell(task, variant: Variant, nfe: int, samples: int, seed: int, out: Pat
     except Exception as e:  # recorded; a broken solver must not stop the run
         return {**cell, "status": "error", "reason": f"{type(e).__name__}: {e}",
                 "computed_at": _now()}
-    metrics = task.evaluate(res.x)
+    metrics = task.evaluate(res.x, seed)
     metrics["ode_error"] = ode_error(res.x, reference())
     return {**cell, "status": "ok", "nfe_used": int(res.nfe), "steps": int(res.grid.steps),
             "seconds": seconds, "metrics": metrics, "computed_at": _now()}
@@ -190,17 +198,17 @@ def run_model(model_name: str, nfes: list[int], out: Path, results: dict[str, An
     if samples is not None:
         cfg["samples"] = samples
     n = cfg["samples"]
-    task = make_task(model_name, n, seed)
+    task = make_task(model_name, n)
     setup = {"reference_nfe": cfg["reference_nfe"], "dtype": str(task.dtype), **task.setup}
     results.setdefault("models", {})[model_name] = {
         "primary_metric": task.primary, "metrics": list(task.metrics), "samples": n,
-        "settings": cfg, "setup": setup, "baseline_data": task.baseline}
+        "settings": cfg, "setup": setup, "baseline_data": task.floor(seed)}
     ref_cache: dict[str, Any] = {}
 
     def reference():
         if "x" not in ref_cache:
-            ref_cache["x"], info = _ode_reference(task, n, seed, "karras", "cpu",
-                                                  cfg["reference_nfe"], out)
+            ref_cache["x"], info = ode_reference(task, n, seed, "karras", "cpu",
+                                                 cfg["reference_nfe"], out)
             results["models"][model_name]["reference"] = info
         return ref_cache["x"]
 

@@ -1,125 +1,120 @@
-"""Exact-moment Frechet distance versus NFE on the analytic Gaussian mixture, for every solver.
+"""SDE vs ODE solvers on the analytic Gaussian mixture, exact denoiser and with an error,
+scored with the exact-density metrics, every cell over >= 3 seeds with 95 % intervals.
 
-Two models: the exact mixture denoiser, and the same denoiser with a deliberate smooth error
-(to mimic a learned model):  D_err(x, s) = D(x, s) + eps * s / sqrt(1 + s^2) * tanh(x A + b),
-with s the EDM noise level and fixed A, b. The distance is between the Gaussian fit of N
-samples and the mixture's exact mean and covariance (diffsolve.bench.metrics), so the only
-Monte Carlo error is on the samples' side; every solver starts from the same per-sample noise.
+Runs the benchmark harness (:func:`diffsolve.bench.runner.run_benchmark`) on ``gmm`` (exact
+denoiser) and ``gmm-err`` (the exact denoiser plus a smooth error, eps = 0.1,
+:func:`diffsolve.bench.models.erroneous_model`), both scored against the exact mixture, and
+draws OUT/sde_vs_ode.png: |ll_gap| (exact log-density gap) and |var_ratio - 1| (within-mode
+variance ratio) against NFE, mean over seeds with the 95 % interval as a band (its lower
+edge clipped at a tenth of the mean on the log axis), the exact-sample floor as a grey band.
+Cells already computed in OUT/<model>/results.json are reused; the
+exact-denoiser panel is read from ``--exact-dir`` when benchmarks/seeds_speedup.py has written
+it there (then with that run's solvers and budgets).
 
-Writes OUT/sde_vs_ode.json and OUT/sde_vs_ode.png. Usage:
-    python benchmarks/sde_vs_ode.py --out results/sde_vs_ode [--n 10000] [--solvers a,b]
+Usage:
+    python benchmarks/sde_vs_ode.py --out docs/bench/sde_vs_ode --samples 4000 --seeds 3 \
+        --nfe 10,20,40,80,160 --exact-dir gmm/main
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
+import math
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+from diffsolve.bench.runner import run_benchmark
+from diffsolve.bench.summary import aggregate
+from diffsolve.bench.tasks import TARGET
 
-import diffsolve
-from diffsolve.bench.metrics import moment_frechet_distance
-from diffsolve.bench.models import erroneous_model
-from diffsolve.schedules import EDM
-from diffsolve.solvers import get_solver
-from diffsolve.zoo import GaussianMixture
-
-NFE_DEFAULT = [5, 8, 12, 20, 35, 50, 100, 200, 500]
+SOLVERS = ["euler_maruyama", "seeds_2", "seeds_3", "sa_solver", "er_sde", "dpmpp_2m_sde",
+           "dpmpp_2m"]
+METRICS = ("ll_gap", "var_ratio")
 
 
-def nfe_within(nfes: list[int], fds: list[float], rel: float = 0.10) -> int | None:
-    """Smallest NFE from which every larger budget stays within `rel` of the converged FD
-    (the FD at the largest budget)."""
-    target = fds[-1] * (1 + rel)
-    best = None
-    for n, fd in zip(reversed(nfes), reversed(fds), strict=True):
-        if fd <= target:
-            best = n
-        else:
-            break
-    return best
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="results/sde_vs_ode")
-    parser.add_argument("--n", type=int, default=10000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--nfe", default=",".join(map(str, NFE_DEFAULT)))
-    parser.add_argument("--solvers", default="all")
-    args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    nfes = [int(v) for v in args.nfe.split(",")]
-    names = diffsolve.list_solvers() if args.solvers == "all" else args.solvers.split(",")
-    gmm = GaussianMixture.default_2d()
-    schedule = EDM(0.002, 80.0)
-    models = {"exact": gmm.denoiser(schedule), "with_error": erroneous_model(gmm, schedule,
-                                                                              args.eps)}
-    mean, cov = gmm.mean, gmm.cov
-    results: dict = {"config": {**vars(args), "nfe": nfes, "schedule": repr(schedule),
-                                "grid": "karras rho=7", "torch": torch.__version__,
-                                "python": platform.python_version(),
-                                "machine": platform.machine()}, "solvers": {}}
-    cells = [(m, s) for m in models for s in names]
-    for model_name, name in tqdm(cells, desc="solver x model"):
-        row = {"nfe": [], "fd": [], "seconds": [], "stochastic": get_solver(name).stochastic}
-        for nfe in nfes:
-            try:
-                steps = diffsolve.steps_for_nfe(diffsolve.get_solver(name), nfe)
-            except diffsolve.SolverOptionError:
-                continue
-            start = time.perf_counter()
-            res = diffsolve.sample(models[model_name], (args.n, 2), solver=name, steps=steps,
-                                   seed=args.seed, dtype=torch.float64, progress=False)
-            row["seconds"].append(time.perf_counter() - start)
-            row["nfe"].append(res.nfe)
-            row["fd"].append(moment_frechet_distance(res.x, mean, cov))
-        row["converged_fd"] = row["fd"][-1]
-        row["nfe_within_10pct"] = nfe_within(row["nfe"], row["fd"])
-        results["solvers"].setdefault(name, {})[model_name] = row
-    summary = {}
-    for model_name in models:
-        em = results["solvers"].get("euler_maruyama", {}).get(model_name, {})
-        em_n = em.get("nfe_within_10pct")
-        for name in names:
-            row = results["solvers"][name][model_name]
-            n10 = row["nfe_within_10pct"]
-            summary.setdefault(model_name, {})[name] = {
-                "nfe_within_10pct": n10, "converged_fd": row["converged_fd"],
-                "speedup_vs_euler_maruyama": (em_n / n10) if (em_n and n10) else None}
-    results["summary"] = summary
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sde_vs_ode.json").write_text(json.dumps(results, indent=1))
-    plot(results, models, out / "sde_vs_ode.png")
-    print(json.dumps(summary, indent=1))
-
-
-def plot(results: dict, models: dict, path: Path) -> None:
+def plot(panels: dict[str, dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 6), dpi=110)
-    for ax, model_name in zip(axes, models, strict=True):
-        for name, per_model in sorted(results["solvers"].items()):
-            row = per_model[model_name]
-            style = "-" if row["stochastic"] else "--"
-            ax.loglog(row["nfe"], row["fd"], style, marker="o", ms=3, label=name)
-        ax.set_title(f"GMM, {model_name.replace('_', ' ')} denoiser")
-        ax.set_xlabel("NFE")
-        ax.set_ylabel("exact-moment Frechet distance")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[-1].legend(fontsize=7, ncol=2, title="solid: SDE, dashed: ODE")
+    fig, axes = plt.subplots(len(panels), len(METRICS), figsize=(12, 4.8 * len(panels)),
+                             dpi=90, squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    names = list(dict.fromkeys(s for d in panels.values() for s in d["config"]["solvers"]))
+    for i, (title, data) in enumerate(panels.items()):
+        cfg, runs, floor = data["config"], data["cells"], data["floor"]
+        for s in cfg["solvers"]:
+            j = names.index(s)
+            rows = []
+            for n in cfg["nfe"]:
+                agg = aggregate([runs[f"{cfg['model']}|{s}|nfe={n}|n={cfg['samples']}|seed={sd}"]
+                                 for sd in cfg["seeds"]])
+                if agg["status"] == "ok":
+                    rows.append((agg["nfe_used"], agg))
+            stochastic = bool(rows and rows[0][1]["stochastic"])
+            for ax, m in zip(axes[i], METRICS, strict=True):
+                pts = []
+                for nfe, agg in rows:
+                    v, t = agg["metrics"][m], TARGET[m]
+                    mid = abs(v["mean"] - t)
+                    lo, hi = sorted((abs(v["lo"] - t), abs(v["hi"] - t)))
+                    if v["lo"] <= t <= v["hi"]:
+                        lo = mid * 0.1
+                    if mid > 0 and math.isfinite(hi):
+                        pts.append((nfe, mid, max(lo, mid * 0.1), hi))
+                if not pts:
+                    continue
+                xs, ys, los, his = zip(*pts, strict=True)
+                ax.plot(xs, ys, "-" if stochastic else "--", color=cmap(j % 10), marker="o",
+                        ms=3, label=f"{s} ({'SDE' if stochastic else 'ODE'})")
+                ax.fill_between(xs, los, his, color=cmap(j % 10), alpha=0.15, lw=0)
+        for ax, m in zip(axes[i], METRICS, strict=True):
+            f = floor[m]
+            t = TARGET[m]
+            ax.axhspan(0, max(abs(f["hi"] - t), abs(f["lo"] - t)), color="grey", alpha=0.25,
+                       label="exact-sample floor (95 % CI)")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("NFE (model evaluations used)")
+            ax.set_ylabel(f"|{m} - {t:g}|")
+            ax.set_title(f"{title}: {cfg['samples']} samples x {len(cfg['seeds'])} seeds",
+                         fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+    for row in axes:
+        row[-1].legend(fontsize=7, loc="upper right", title="solid: SDE, dashed: ODE",
+                       title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default="results/sde_vs_ode")
+    ap.add_argument("--samples", type=int, default=4000)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--nfe", default="10,20,40,80,160")
+    ap.add_argument("--solvers", default=",".join(SOLVERS))
+    ap.add_argument("--exact-dir", default="gmm/main",
+                    help="folder (under --out) of the exact-denoiser results")
+    ap.add_argument("--models", default="gmm,gmm-err")
+    a = ap.parse_args()
+    out = Path(a.out)
+    nfes = [int(v) for v in a.nfe.split(",")]
+    panels = {}
+    for model in a.models.split(","):
+        sub = out / (a.exact_dir if model == "gmm" else model.replace("-", "_"))
+        if model == "gmm" and (sub / "results.json").exists():
+            print(model, "read from", sub)  # written by benchmarks/seeds_speedup.py
+        else:
+            res = run_benchmark(model, a.solvers, nfes, a.samples, 0, sub, progress=False,
+                                reference_nfe=None, n_seeds=a.seeds, mmd_points=None)
+            print(model, res["paths"]["report"], res["failures"])
+        data = json.loads((sub / "results.json").read_text())
+        panels[{"gmm": "exact denoiser", "gmm-err": "denoiser with error (eps 0.1)"}.get(
+            model, model)] = data
+    plot(panels, out / "sde_vs_ode.png")
 
 
 if __name__ == "__main__":

@@ -170,3 +170,33 @@ def test_ode_error_rms():
     assert ode_error(y, y) == 0.0
     with pytest.raises(ValueError, match="shape mismatch"):
         ode_error(x, y[:2])
+
+
+# --- error bars and solver specs ------------------------------------------------------------
+
+
+def test_mean_ci_is_the_student_t_interval():
+    from diffsolve.bench.stats import better, mean_ci, separated
+
+    ci = mean_ci([1.0, 2.0, 3.0, None, float("nan")])
+    # mean 2, sd 1, n 3: half-width t_{0.975, 2} / sqrt(3) = 4.302653 / 1.732051
+    assert ci["n"] == 3 and ci["mean"] == 2.0 and ci["sd"] == 1.0
+    assert math.isclose(ci["ci95"], 4.302652729911275 / math.sqrt(3), rel_tol=1e-9)
+    assert mean_ci([None]) is None and math.isinf(mean_ci([1.0])["ci95"])
+    lo, hi = mean_ci([1.0, 1.1, 0.9]), mean_ci([2.0, 2.1, 1.9])
+    assert separated(lo, hi) and better(lo, hi, True) and not better(lo, hi, False)
+    assert not separated(lo, mean_ci([1.0, 3.0, 2.0]))
+
+
+def test_solver_spec_parsing():
+    from diffsolve.bench.solver_spec import build, parse
+    from diffsolve.errors import SolverOptionError
+
+    assert parse("seeds_3[prediction=noise]") == ("seeds_3", {"prediction": "noise"})
+    assert parse("seeds_2[r=0.7;solver_type=phi_2]") == ("seeds_2", {"r": 0.7,
+                                                                     "solver_type": "phi_2"})
+    assert build("seeds_3[prediction=noise]").prediction == "noise"
+    with pytest.raises(SolverOptionError, match="malformed"):
+        parse("seeds_3[prediction]")
+    with pytest.raises(SolverOptionError, match="malformed"):
+        parse("seeds 3")

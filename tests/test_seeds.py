@@ -28,6 +28,7 @@ def _grid(n: int, smax: float = SIGMA_MAX, smin: float = SIGMA_MIN) -> Grid:
     ("seeds_2", {}, "dpmpp_2s", {}),
     ("seeds_2", {"r": 0.7}, "dpmpp_2s", {"r": 0.7}),
     ("seeds_3", {}, "dpmpp_3s", {}),
+    ("seeds_3", {"prediction": "noise"}, "dpm_solver_3", {}),
     ("dpmpp_2m_sde", {}, "dpmpp_2m", {}),
     ("dpmpp_3m_sde", {}, "dpmpp_3m", {}),
 ])
@@ -104,6 +105,7 @@ def _weak_errors(name, opts, steps=WEAK_STEPS):
     ("seeds_2", {"r": 0.8}, 1.7),
     ("seeds_2", {"solver_type": "phi_2", "r": 1.0}, 1.7),
     ("seeds_3", {}, 1.7),
+    ("seeds_3", {"prediction": "noise"}, 1.7),
 ])
 def test_weak_order(name, opts, minimum):
     """Weak error of the output mean and variance on Gaussian data (exact, no Monte Carlo),
@@ -111,6 +113,17 @@ def test_weak_order(name, opts, minimum):
     errors = _weak_errors(name, opts)
     slope = fitted_slope([1.0 / n for n in WEAK_STEPS], errors)
     assert slope >= minimum, f"{name} {opts}: errors {errors}, weak order {slope:.2f}"
+
+
+def test_seeds_3_noise_form_is_not_exact_for_dirac_data():
+    """The noise form is exact when eps is locally constant, the data form when D is (research
+    note Sec. 1.3): on Dirac data the data form is exact (test above), the noise form is not,
+    and its variance error shrinks with the step count (it is a consistent scheme)."""
+    mu, schedule = 0.7, EDM(0.01, 50.0)
+    model = Denoiser(lambda x, t: torch.full_like(x, mu), schedule, prediction="x0")
+    errs = [abs(linear_output_moments(model, _grid(n), "seeds_3", mu, SIGMA_MAX**2,
+                                      prediction="noise")[1] - SIGMA_MIN**2) for n in (7, 28)]
+    assert errs[0] > 1e-4 and errs[1] < errs[0] / 4
 
 
 def test_seeds_3_weak_order_is_two_not_three():

@@ -166,7 +166,7 @@ def cmd_solvers(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.runner import DEFAULT_SAMPLES, run_benchmark
+    from .bench.runner import DEFAULT_SAMPLES, failure_message, run_benchmark
     from .core.errors import DiffsolveError
 
     try:
@@ -177,7 +177,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else f"results/{args.model}"
     try:
         res = run_benchmark(args.model, args.solvers, nfes, samples, args.seed, out,
-                            progress=not args.quiet, grid=args.grid, device=args.device)
+                            progress=not args.quiet, grid=args.grid, device=args.device,
+                            n_seeds=args.seeds)
     except DiffsolveError as e:
         raise SystemExit(f"diffsolve bench: {e}") from None
     s = res["summary"]
@@ -187,6 +188,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                        for n, b in s["best_per_nfe"].items()},
                       "sde_beats_ode_from_nfe": s["sde_beats_ode_from_nfe"],
                       **res["paths"]}))
+    msg = failure_message(res)
+    if msg:
+        print(msg, file=sys.stderr)
+        return 1
     return 0
 
 
@@ -257,15 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_solvers)
     b = sub.add_parser("bench", help="benchmark solvers x NFE budgets on a built-in model "
                        "(resumable; writes results.json, report.md and PNG plots)")
-    b.add_argument("--model", default="digits", choices=["gmm", "gmm-err", "digits", "moons"],
+    b.add_argument("--model", default="digits", choices=["gmm", "gmm-err", "gmm-learned-2d",
+                                                          "gmm-learned-16d", "digits", "moons"],
                    help="gmm: exact mixture denoiser; gmm-err: with a smooth error; digits: "
                    "the shipped U-Net (classifier-feature FD, KID, pixel FD, confidence); "
                    "moons: the shipped 2-D MLP (sliced W1)")
     b.add_argument("--solvers", default="all", help="comma-separated solver names or 'all'")
     b.add_argument("--nfe", default="5,10,20,50,100", help="comma-separated NFE budgets")
     b.add_argument("--samples", type=int, default=None,
-                   help="samples per cell (default: gmm 10000, digits 1000, moons 5000)")
-    b.add_argument("--seed", type=int, default=0)
+                   help="samples per cell and seed (default: mixtures 10000, digits 800, moons "
+                   "5000)")
+    b.add_argument("--seed", type=int, default=0, help="first seed")
+    b.add_argument("--seeds", type=int, default=3, help="seeds per cell (mean ± 95%% CI)")
     b.add_argument("--grid", default="karras", help="time-step grid name")
     b.add_argument("--device", default="cpu", help="sampling device (metrics run on CPU)")
     b.add_argument("--out", default=None, help="output folder (default results/MODEL); "

@@ -25,9 +25,10 @@ Sec. 2.2 / defect 4b).
   is the corrected form. Its weak order is 2, not 3 (note Appendix B; our measurement in
   docs/sde_solvers.md).
 
-The noise-prediction form (``prediction="noise"``) is offered for SEEDS-1/2 for completeness
-and is not recommended: it injects sigma_t sqrt(eta (e^{2h} - 1)) noise and relies on the
-eps-integral to cancel it (note Sec. 1.3).
+The noise-prediction form (``prediction="noise"``; the official code's default for SEEDS-3) is
+offered for SEEDS-1/2/3 (at eta = 0 SEEDS-3 noise form is DPM-Solver-3) and is not recommended:
+it injects sigma_t sqrt(eta (e^{2h} - 1)) noise and relies on the eps-integral to cancel it
+(note Sec. 1.3).
 """
 
 from __future__ import annotations
@@ -128,10 +129,11 @@ class SEEDS3(_SEEDS):
     """SEEDS-3 (Gonzalez et al. 2023; research note Sec. 2.1), stages at r1 < r2.
 
     Weak order 2 (measured; not 3 with Brownian-increment noise), order 3 at eta = 0;
-    3 NFE per step. Data prediction only.
+    3 NFE per step.
 
     Args:
-        eta, s_noise: as SEEDS-1.
+        eta, s_noise, prediction: as SEEDS-1 ("noise": the official code's default form,
+            through the same stage engine and exact noise chain).
         r1, r2: stage fractions, 0 < r1 < r2 <= 1 (default 1/3, 2/3).
     """
 
@@ -146,9 +148,6 @@ class SEEDS3(_SEEDS):
         super().__post_init__()
         check_range(self.name, "r1", self.r1, 1e-3, 1.0)
         check_range(self.name, "r2", self.r2, self.r1 + 1e-3, 1.0)
-
-    def _predictions(self) -> tuple[str, ...]:
-        return ("data",)
 
     def table(self) -> StageTable:
         return StageTable.third_order(self.r1, self.r2)
