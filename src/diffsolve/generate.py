@@ -69,8 +69,9 @@ IMAGE_FORMATS = ("safetensors", "png")
 CRASH_ENV = "DIFFSOLVE_GENERATE_CRASH_AFTER"
 """Fault injection for tests: a rank exits abruptly (``os._exit(75)``) after finishing this
 many shards in the current process."""
-SLOW_ENV = "DIFFSOLVE_GENERATE_SLOW_SHARD_S"
-"""For tests of concurrent runs: sleep this many seconds after computing each shard."""
+GATE_ENV = "DIFFSOLVE_GENERATE_GATE"
+"""For tests of concurrent runs: after computing each shard, and still holding its claim, wait
+(up to 300 s) until the file named by this variable exists."""
 
 
 class GenerateConfigError(DiffsolveError):
@@ -291,7 +292,13 @@ def load_samples(out: str | os.PathLike[str], *, verify: bool = True) -> tuple[T
     if not verify:
         if not files:
             raise GenerateConfigError(f"no shard files in {str(folder)!r}")
-        parts = [load_file(str(f)) for f in files]
+        parts = []
+        for f in files:
+            try:
+                parts.append(load_file(str(f)))
+            except Exception as e:  # safetensors' own error type: truncated or garbled
+                raise IntegrityError(f"{str(f)!r} is not a readable shard ({e}); rerun the "
+                                     "same generate command to recompute it") from None
     else:
         if not (folder / MANIFEST).exists():
             raise IntegrityError(f"no {MANIFEST} in {str(folder)!r}: the shards cannot be "
@@ -506,7 +513,7 @@ def generate(
             raise GenerateConfigError("ranks disagree on the configuration (same arguments on "
                                       "every rank?)")
         crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
-        slow = float(os.environ.get(SLOW_ENV, "0") or 0)
+        gate = os.environ.get(GATE_ENV, "")
         mine = list(range(rank, len(ranges), world))
         bar = tqdm(total=sum(ranges[k][1] - ranges[k][0] for k in mine), unit="sample",
                    desc="generate" if world == 1 else f"generate rank {rank}",
@@ -533,8 +540,8 @@ def generate(
             bar.update(ranges[k][1] - ranges[k][0])
             if did:
                 written += 1
-                if slow:
-                    time.sleep(slow)
+                if gate:
+                    _wait_for(Path(gate), 300.0)
                 if on_shard_done is not None:
                     on_shard_done(k)
                 if crash_after and written >= crash_after:
@@ -653,6 +660,12 @@ def _do_shard(k: int, span: tuple[int, int], *, folder: Path, claims: Claims,
     result.computed.append(k)
     result.nfe = int(res.nfe)
     return True
+
+
+def _wait_for(path: Path, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < end:
+        time.sleep(0.02)
 
 
 def _has_work(folder: Path, old: dict[str, Any] | None, claims: Claims) -> bool:
