@@ -119,18 +119,18 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=DEFAULT_SOLVER, type=_solver_type, metavar="NAME",
                    help="solver name ('diffsolve solvers' lists them)")
     p.add_argument("--nfe", type=_nfe_type(), default=None, metavar="N",
-                   help=f"model-evaluation budget, 1..100000 (default {DEFAULT_NFE}; with a "
-                   "grid file: the grid's own). A solver whose step cost does not divide it "
-                   "uses the largest budget below; the NFE used is printed")
+                   help="model-evaluation budget, 1..100000. A solver whose step cost does "
+                   "not divide it uses the largest budget below; the NFE used is printed "
+                   f"(default: {DEFAULT_NFE}; with a grid file: the grid's own)%(default).0s")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="a solver option, repeatable, e.g. --option eta=0.5 --option "
-                   "order=3 (values are JSON numbers/true/false or strings)")
+                   "order=3 (values are JSON numbers/true/false or strings)%(default).0s")
     p.add_argument("--solver-options", default=None, metavar="JSON",
-                   help="solver options as a JSON object, e.g. '{\"eta\": 0.5}'")
+                   help="solver options as a JSON object, e.g. '{\"eta\": 0.5}'%(default).0s")
     p.add_argument("--seed", type=_seed_type(), default=0,
                    help="seed: sample i's noise is keyed by (seed, i); 0..2^64-1")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: cpu "
-                   "for sample; cuda:LOCAL_RANK if available for generate)")
+                   "for sample; cuda:LOCAL_RANK if available for generate)%(default).0s")
 
 
 def _solver_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -512,12 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--solvers", default="all", help="comma-separated solver names or 'all'")
     b.add_argument("--nfe", default="5,10,20,50,100", help="comma-separated NFE budgets")
     b.add_argument("--samples", type=_int_type(1), default=None,
-                   help="samples per cell (default: gmm 10000, digits 1000, moons 5000)")
+                   help="samples per cell (default: gmm 10000, digits 1000, moons 5000)"
+                   "%(default).0s")
     b.add_argument("--seed", type=_seed_type(), default=0, help="sampling seed")
     b.add_argument("--grid", default="karras", help="time-step grid name")
     b.add_argument("--device", default="cpu", help="sampling device (metrics run on CPU)")
-    b.add_argument("--out", default=None, help="output folder (default results/MODEL); "
-                   "cells already in its results.json are reused")
+    b.add_argument("--out", default=None, help="output folder (default: results/MODEL); "
+                   "cells already in its results.json are reused%(default).0s")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
@@ -526,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     gm.add_argument("--family", default="digits", choices=["digits", "moons"],
                     help="model family")
     gm.add_argument("--reference", default=None, help="reference model (default: the shipped "
-                    "extra-large model of the family)")
+                    "extra-large model of the family)%(default).0s")
     gm.add_argument("--seed", type=_seed_type(), default=0, help="seed of the data draw")
     gm.add_argument("--out", default="gamma", help="output folder")
     gm.set_defaults(func=cmd_gamma)
