@@ -61,6 +61,9 @@ def _argv(draw: Any, command: list[str], options: dict[str, tuple[Any, Any]],
     """Draw a subset of options, each with a valid or an invalid value."""
     names = sorted(options)
     chosen = draw(st.lists(st.sampled_from(names), unique=True, max_size=len(names)))
+    for name in REQUIRED.get(command[0], ()):
+        if name not in chosen:
+            chosen.append(name)  # the defaults (digits; 50000 samples) are long runs
     invalid = set()
     if force_invalid:
         bad = draw(st.sampled_from(names))
@@ -205,6 +208,7 @@ def _check_success(command: str, args: list[str], summary: dict[str, Any], err: 
 
 
 STATS = {"cases": 0, "success": 0}
+REQUIRED = {"sample": ("--model",), "generate": ("--n", "--model")}
 
 
 @pytest.fixture(autouse=True)
@@ -215,19 +219,19 @@ def _quiet_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MPLBACKEND", "Agg")
 
 
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=50, **SETTINGS)
 @given(data=st.data())
 def test_fuzz_sample(data: st.DataObject, capsys: pytest.CaptureFixture[str]) -> None:
     _explore(data.draw, "sample", SAMPLE_OPTIONS, False, capsys)
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=50, **SETTINGS)
 @given(data=st.data())
 def test_fuzz_generate(data: st.DataObject, capsys: pytest.CaptureFixture[str]) -> None:
     _explore(data.draw, "generate", GENERATE_OPTIONS, False, capsys)
 
 
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(data=st.data())
 def test_fuzz_bench_gamma_train(data: st.DataObject,
                                 capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,7 +241,7 @@ def test_fuzz_bench_gamma_train(data: st.DataObject,
     _explore(data.draw, command, options, True, capsys)
 
 
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=40, **SETTINGS)
 @given(argv=st.lists(st.one_of(JUNK, st.sampled_from(
     ["sample", "solvers", "generate", "bench", "gamma", "train", "--help", "-h", "--n",
      "--nfe", "--bogus"])), max_size=4))

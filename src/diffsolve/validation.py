@@ -182,10 +182,21 @@ def check_model_shape(model: object, sample_shape: Sequence[int], what: str) -> 
 # --------------------------------------------------------------------------------------------
 # solver options
 
+def check_solver_arg(solver: object) -> None:
+    """``solver`` is a registered name (str) or a Solver instance."""
+    from .solvers import Solver
+
+    if not isinstance(solver, (str, Solver)):
+        raise SolverOptionError(f"solver must be a solver name (str, see "
+                                f"diffsolve.list_solvers()) or a Solver, got {solver!r} "
+                                f"({_type_name(solver)})")
+
+
 def check_solver_options(solver: object, options: Mapping[str, Any]) -> None:
     """Type-check options of a named solver against its fields' defaults (names are checked
     by :func:`diffsolve.get_solver`): a float option takes a real number, an int option an
     integer, a bool option a bool, a str option a str."""
+    check_solver_arg(solver)
     if not isinstance(solver, str) or not options:
         return
     from .solvers import solver_class
