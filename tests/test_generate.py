@@ -10,16 +10,20 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from diffsolve import sample
+from diffsolve.core.integrity import IntegrityError
 from diffsolve.generate import (
     CRASH_ENV,
+    GATE_ENV,
     GenerateConfigError,
     generate,
     load_samples,
@@ -40,7 +44,7 @@ def _env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"  # same thread count in every process: bitwise CPU results
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", CRASH_ENV):
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", CRASH_ENV, GATE_ENV):
         env.pop(k, None)
     return env
 
@@ -179,6 +183,152 @@ def test_bad_arguments() -> None:
     den = Denoiser(lambda x, t: x, EDM())
     with pytest.raises(GenerateConfigError, match="shape"):
         generate(den, 10, "/nonexistent-dir-not-created")
+
+
+def _flip(path: Path, n: int = 64) -> None:
+    """Invert ``n`` bytes in the middle of the file (same size: only a digest notices)."""
+    raw = bytearray(path.read_bytes())
+    at = len(raw) // 2
+    raw[at:at + n] = bytes(b ^ 0xFF for b in raw[at:at + n])
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupted_truncated_deleted_shards_are_recomputed(
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The report's case: 64 bytes overwritten inside a shard (same size), a shard truncated,
+    a shard deleted. Resume must verify, recompute and report all three, and the manifest must
+    keep the digests of the files that were written, never take the corrupt file's."""
+    out = tmp_path / "corrupt"
+    shutil.copytree(reference, out)
+    _flip(shard_path(out, 1))
+    p2 = shard_path(out, 2)
+    p2.write_bytes(p2.read_bytes()[: p2.stat().st_size // 2])
+    shard_path(out, 3).unlink()
+    with pytest.raises(IntegrityError, match=r"shard_000001\.safetensors.*does not match"):
+        load_samples(out)  # verifies by default
+    with pytest.raises(IntegrityError, match=r"shard_000002\.safetensors.*not a readable"):
+        load_samples(out, verify=False)  # the opt-out still refuses an unreadable file
+    res = generate("gmm", N, out, **KW)
+    assert res.reused == [0] and res.computed == [1, 2, 3] and set(res.repaired) == {1, 2, 3}
+    assert "differs from the manifest" in res.repaired[1] and "missing" in res.repaired[3]
+    err = capsys.readouterr().err
+    for k in (1, 2, 3):
+        assert f"shard {k} (shard_{k:06d}.safetensors)" in err
+    assert _files(out) == _files(reference)  # byte-identical to the uninterrupted run
+    assert (out / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
+    _, index = load_samples(out)
+    assert index.tolist() == list(range(N))
+    # a valid safetensors file with other content (shard 0's bytes as shard 3): same verdict
+    shutil.copy(shard_path(out, 0), shard_path(out, 3))
+    again = generate("gmm", N, out, **KW)
+    assert again.computed == [3] and set(again.repaired) == {3}
+    assert _files(out) == _files(reference)
+    # a file without a record (a crash between writing it and recording its digest)
+    m = json.loads((out / "manifest.json").read_text())
+    m["done"] = [d for d in m["done"] if d["shard"] != 2]
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IntegrityError, match=r"shard_000002\.safetensors.*no record"):
+        load_samples(out)
+    third = generate("gmm", N, out, **KW)
+    assert third.computed == [2] and "no record" in third.repaired[2]
+    assert (out / "manifest.json").read_bytes() == (reference / "manifest.json").read_bytes()
+
+
+class _BrokenNet:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("simulated crash inside the network")
+
+
+def test_failed_run_does_not_block_a_corrected_one(reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fail"
+    # a bad budget is refused before the folder is touched
+    with pytest.raises(Exception, match="needs at least 2 NFE"):
+        generate("gmm", N, out, **{**KW, "nfe": 1})
+    assert not out.exists()
+    # a run that fails while sampling, before its first shard, leaves a manifest only
+    den = Denoiser(_BrokenNet(), EDM(sigma_min=0.002, sigma_max=20.0), prediction="x0")
+    den.shape = (2,)  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        generate(den, N, out, **KW)
+    assert (out / "manifest.json").exists() and not list(out.glob("shard_*"))
+    res = generate("gmm", N, out, **KW)  # another configuration: accepted, nothing to protect
+    assert res.manifest["status"] == "complete" and res.computed == [0, 1, 2, 3]
+    assert _files(out) == _files(reference)
+    with pytest.raises(GenerateConfigError, match="another configuration"):
+        generate("gmm", N, out, **{**KW, "nfe": 10})  # now there are shards to protect
+
+
+def test_two_concurrent_runs_split_the_work(tmp_path: Path) -> None:
+    """Two real processes run the same command into one folder: they claim shards (POSIX
+    record locks), so every shard is computed exactly once, each waits for the other's
+    shards and verifies them, and both end with a complete folder equal to a one-process
+    run. A third process with another configuration is refused with one line, exit code 2.
+    The first run is held (test hook DIFFSOLVE_GENERATE_GATE) after its first shard, with the
+    shard still claimed, until the second run has computed a shard: the overlap is certain,
+    whatever the start-up times."""
+    ref = tmp_path / "ref"
+    torch.set_num_threads(1)
+    generate("gmm", N, ref, **{**KW, "shard_size": 10})
+    out = tmp_path / "shared"
+    env = _env()
+    gate = tmp_path / "gate"
+    env[GATE_ENV] = str(gate)  # the first run holds its first shard's claim until the gate opens
+    base = [sys.executable, "-m", "diffsolve", "generate", "--num-samples", str(N), "--out",
+            str(out), *ARGS[:-2], "10", "--quiet"]
+    assert ARGS[-3] == "--shard-size"
+    first = subprocess.Popen(base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+
+    def wait_for(path: Path) -> None:
+        deadline = time.monotonic() + 120
+        while not path.exists():
+            assert time.monotonic() < deadline and first.poll() is None, path
+            time.sleep(0.02)
+
+    wait_for(shard_path(out, 0))  # the first run computed shard 0 and still claims it
+    env.pop(GATE_ENV)
+    second = subprocess.Popen(base, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    wait_for(shard_path(out, 1))  # the second run skipped claimed shard 0 and computed 1
+    other = subprocess.run([*base[:-1], "--seed", "8", "--quiet"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    gate.touch()  # let the first run go on
+    outs = [p.communicate(timeout=180) for p in (first, second)]
+    for p, (_, e) in zip((first, second), outs, strict=True):
+        assert p.returncode == 0, e[-2000:]
+    s1, s2 = (json.loads(o.strip().splitlines()[-1]) for o, _ in outs)
+    assert s1["status"] == s2["status"] == "complete"
+    assert not set(s1["computed"]) & set(s2["computed"])  # no shard computed twice
+    assert sorted(s1["computed"] + s2["computed"]) == list(range(10))
+    assert 0 in s1["computed"] and 1 in s2["computed"], (s1, s2)  # the work was split
+    assert 0 in s2["waited"]  # the second run waited for shard 0 and then verified it
+    assert _files(out) == _files(ref)
+    assert (out / "manifest.json").read_bytes() == (ref / "manifest.json").read_bytes()
+    assert other.returncode == 2 and "another configuration" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1 and "Traceback" not in other.stderr
+
+
+def test_png_export(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from diffsolve.zoo.pretrained import load_model
+
+    out = tmp_path / "png"
+    res = generate(load_model("digits"), 5, out, nfe=4, shard_size=3, image_format="png")
+    assert res.manifest["status"] == "complete"
+    files = sorted((out / "png").glob("*.png"))
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
+    x, _ = load_samples(out)
+    with Image.open(files[4]) as im:
+        assert im.size == (8, 8) and im.mode == "L"
+        pix = torch.from_numpy(__import__("numpy").asarray(im)).float()
+    want = ((x[4, 0].clamp(-1, 1) + 1) * 127.5).round()
+    assert torch.equal(pix, want)
+    files[0].unlink()  # a resume restores a missing image without recomputing the shard
+    again = generate(load_model("digits"), 5, out, nfe=4, shard_size=3, image_format="png")
+    assert again.computed == [] and files[0].exists()
+    with pytest.raises(GenerateConfigError, match="needs image samples"):
+        generate("gmm", 5, tmp_path / "g", nfe=4, image_format="png")
 
 
 def test_docs_snippet_runs(capsys: pytest.CaptureFixture[str]) -> None:

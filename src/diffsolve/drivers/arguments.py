@@ -26,7 +26,7 @@ from ..core.validation import (
     check_seed,
     check_shape,
 )
-from ..solvers import get_solver, solver_class
+from ..solvers import Solver, get_solver, solver_class
 
 #: keyword arguments of :func:`diffsolve.sample` that belong to :func:`diffsolve.solve` (the
 #: others are solver options)
@@ -34,10 +34,19 @@ SOLVE_KEYS = frozenset({"callback", "progress", "return_trajectory", "denoise_fi
                         "check_finite"})
 
 
+def check_solver_arg(solver: object) -> None:
+    """``solver`` is a registered name (str) or a Solver instance."""
+    if not isinstance(solver, (str, Solver)):
+        raise SolverOptionError(f"solver must be a solver name (str, see "
+                                f"diffsolve.list_solvers()) or a Solver, got {solver!r} "
+                                f"({_type_name(solver)})")
+
+
 def check_solver_options(solver: object, options: Mapping[str, Any]) -> None:
     """Type-check options of a named solver against its fields' defaults (names are checked
     by :func:`diffsolve.get_solver`): a float option takes a real number, an int option an
     integer, a bool option a bool, a str option a str."""
+    check_solver_arg(solver)
     if not isinstance(solver, str) or not options:
         return
     cls = solver_class(solver)  # unknown names raise with a suggestion

@@ -58,6 +58,7 @@ from torch import Tensor
 from ..core.errors import DiffsolveError, NonFiniteError
 from ..core.integrity import Claims, IntegrityError, sha256_bytes, sha256_file
 from ..core.models import Denoiser
+from ..core.noise import NOISE_STREAM_VERSION
 
 MANIFEST = "manifest.json"
 LOCK_FILE = ".claims.lock"
@@ -69,8 +70,9 @@ IMAGE_FORMATS = ("safetensors", "png")
 CRASH_ENV = "DIFFSOLVE_GENERATE_CRASH_AFTER"
 """Fault injection for tests: a rank exits abruptly (``os._exit(75)``) after finishing this
 many shards in the current process."""
-SLOW_ENV = "DIFFSOLVE_GENERATE_SLOW_SHARD_S"
-"""For tests of concurrent runs: sleep this many seconds after computing each shard."""
+GATE_ENV = "DIFFSOLVE_GENERATE_GATE"
+"""For tests of concurrent runs: after computing each shard, and still holding its claim, wait
+(up to 300 s) until the file named by this variable exists."""
 
 
 class GenerateConfigError(DiffsolveError):
@@ -291,7 +293,13 @@ def load_samples(out: str | os.PathLike[str], *, verify: bool = True) -> tuple[T
     if not verify:
         if not files:
             raise GenerateConfigError(f"no shard files in {str(folder)!r}")
-        parts = [load_file(str(f)) for f in files]
+        parts = []
+        for f in files:
+            try:
+                parts.append(load_file(str(f)))
+            except Exception as e:  # safetensors' own error type: truncated or garbled
+                raise IntegrityError(f"{str(f)!r} is not a readable shard ({e}); rerun the "
+                                     "same generate command to recompute it") from None
     else:
         if not (folder / MANIFEST).exists():
             raise IntegrityError(f"no {MANIFEST} in {str(folder)!r}: the shards cannot be "
@@ -484,7 +492,8 @@ def generate(
     claims: Claims | None = None
     try:
         config = _canonical({
-            "format": FORMAT_VERSION, "model": model_name, "shape": list(sample_shape), "n": n,
+            "format": FORMAT_VERSION, "noise_stream_version": NOISE_STREAM_VERSION,
+            "model": model_name, "shape": list(sample_shape), "n": n,
             "shard_size": shard_size, "solver": solver, "nfe": nfe, "steps": steps,
             "grid": grid, "grid_options": grid_options, "seed": seed,
             "solver_options": solver_options, "dtype": str(dtype).replace("torch.", ""),
@@ -507,7 +516,7 @@ def generate(
             raise GenerateConfigError("ranks disagree on the configuration (same arguments on "
                                       "every rank?)")
         crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
-        slow = float(os.environ.get(SLOW_ENV, "0") or 0)
+        gate = os.environ.get(GATE_ENV, "")
         mine = list(range(rank, len(ranges), world))
         bar = tqdm(total=sum(ranges[k][1] - ranges[k][0] for k in mine), unit="sample",
                    desc="generate" if world == 1 else f"generate rank {rank}",
@@ -534,8 +543,8 @@ def generate(
             bar.update(ranges[k][1] - ranges[k][0])
             if did:
                 written += 1
-                if slow:
-                    time.sleep(slow)
+                if gate:
+                    _wait_for(Path(gate), 300.0)
                 if on_shard_done is not None:
                     on_shard_done(k)
                 if crash_after and written >= crash_after:
@@ -654,6 +663,12 @@ def _do_shard(k: int, span: tuple[int, int], *, folder: Path, claims: Claims,
     result.computed.append(k)
     result.nfe = int(res.nfe)
     return True
+
+
+def _wait_for(path: Path, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < end:
+        time.sleep(0.02)
 
 
 def _has_work(folder: Path, old: dict[str, Any] | None, claims: Claims) -> bool:
