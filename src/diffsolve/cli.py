@@ -318,12 +318,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
         result = sample(model, shape, solver=args.solver, nfe=nfe, grid=grid,
                         seed=args.seed, device=dev, progress=not args.quiet, **opts)
     seconds = time.perf_counter() - start
-    _nfe_note("diffsolve sample", args.solver, nfe, result.nfe)
-    grid_label = args.grid if isinstance(grid, str) else Path(args.grid).name
-    head = (f"diffsolve {args.model}: {args.solver}, {result.nfe} NFE, {grid_label} grid, "
+    solver_used = args.solver
+    if tuned_note:  # the tuned entry sets the solver (the one asked, if it has an entry)
+        from .drivers.tuned import load_tuned
+
+        solver_used = load_tuned(grid).entry(nfe, args.solver).solver
+    _nfe_note("diffsolve sample", solver_used, nfe, result.nfe)
+    grid_label = ("tuned" if tuned_note else args.grid if isinstance(grid, str)
+                  else Path(args.grid).name)
+    head = (f"diffsolve {args.model}: {solver_used}, {result.nfe} NFE, {grid_label} grid, "
             f"seed {args.seed}")
     summary: dict[str, Any] = {
-        "model": args.model, "solver": args.solver, "nfe": result.nfe, "nfe_requested": nfe,
+        "model": args.model, "solver": solver_used, "nfe": result.nfe, "nfe_requested": nfe,
         "steps": result.grid.steps, "n": args.n, "seed": args.seed,
         "solver_options": opts, "seconds": round(seconds, 3), "image": str(out)}
     if tuned_note:
