@@ -321,7 +321,7 @@ def test_png_export(tmp_path: Path) -> None:
     x, _ = load_samples(out)
     with Image.open(files[4]) as im:
         assert im.size == (8, 8) and im.mode == "L"
-        pix = torch.from_numpy(__import__("numpy").asarray(im)).float()
+        pix = torch.from_numpy(__import__("numpy").array(im)).float()
     want = ((x[4, 0].clamp(-1, 1) + 1) * 127.5).round()
     assert torch.equal(pix, want)
     files[0].unlink()  # a resume restores a missing image without recomputing the shard

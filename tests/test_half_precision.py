@@ -12,7 +12,8 @@ most (per-sample errors reach 0.14 at bfloat16 while the median is 0.007); it sw
 of 3.4 between seeds and flapped (0.01115 against a bound of 0.01 on a fresh clone).
 
 Measured on CPU, 10 seeds (0..9) of 16 samples each, median per-sample relative error to float32
-(min / median / max over the seeds; OMP_NUM_THREADS=1, the same to two digits with 2 threads):
+(min / median / max over the seeds; OMP_NUM_THREADS=1. With OMP_NUM_THREADS=2 the first six rows
+were re-measured and gave the same values to all four printed digits):
 
 =========  ============  ======  ======  ======  =====
 dtype      solver        min     median  max     bound

@@ -159,8 +159,9 @@ def _check_out_file(out: str) -> Path:
     any sampling: its folder can be created and the suffix is an image format."""
     from .core.validation import ArgumentError
 
-    if not out or out.endswith(("/", "\\")):
-        raise ArgumentError(f"--out {out!r} must be a file path such as samples.png")
+    if not out or out.endswith(("/", "\\")) or Path(out).is_dir():
+        raise ArgumentError(f"--out {out!r} is a folder; give a file path such as "
+                            f"{str(Path(out) / 'samples.png')!r}")
     p = Path(out)
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         if p.suffix and p.suffix[1:].isalpha() and len(p.suffix) <= 5:
@@ -393,6 +394,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not nfes or any(not 1 <= v <= MAX_NFE for v in nfes):
         raise ArgumentError(f"--nfe must list integers in 1..{MAX_NFE}, got {args.nfe!r}")
     check_device(args.device, "--device")
+    from .core.grids import GRID_NAMES
+
+    if args.grid not in GRID_NAMES:
+        raise ArgumentError(f"--grid {args.grid!r} is not a grid name; choose one of "
+                            f"{', '.join(GRID_NAMES)}")
     samples = args.samples if args.samples is not None else DEFAULT_SAMPLES[args.model]
     out = args.out if args.out is not None else f"results/{args.model}"
     res = run_benchmark(args.model, args.solvers, nfes, samples, args.seed, out,

@@ -31,8 +31,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..core.errors import IncompatibleModelError
+from ..core.integrity import sha256_file
 from .data import DIGITS_SHAPE, load_digits_split
-from .pretrained import verify_weights
+from .pretrained import HASH_KEY, verify_weights
 
 CLASSIFIER_DEFAULTS: dict[str, Any] = {"arch": "digits_cnn", "width": 32, "features": 128,
                                        "dropout": 0.3}
@@ -154,6 +155,7 @@ def train_classifier(*, epochs: int = 40, batch: int = 64, lr: float = 1e-3, see
         o.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   str(o / f"{name}.safetensors"), metadata={"format": "diffsolve-zoo-v1"})
+        card[HASH_KEY] = sha256_file(o / f"{name}.safetensors")  # checked on every load
         (o / f"{name}.json").write_text(json.dumps(card, indent=1))
     return model, card
 

@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from ..core.errors import DiffsolveError
-from .pretrained import WEIGHTS_DIR
+from ..core.integrity import sha256_file
+from .pretrained import HASH_KEY, WEIGHTS_DIR
 
 DIGITS_WIDTHS = (4, 8, 16, 32)
 MOONS_WIDTHS = (16, 32, 64, 128)
@@ -181,6 +182,7 @@ def build(name: str, work: Path, dest: Path, *, threads: int = 1,
     card["hierarchy"] = {"family": family, "width": width, "members": member_names(family)}
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out / "model.safetensors", dest / f"{name}.safetensors")
+    card[HASH_KEY] = sha256_file(dest / f"{name}.safetensors")  # checked on every load
     (dest / f"{name}.json").write_text(json.dumps(card, indent=1))
     return card
 
