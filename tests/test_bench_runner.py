@@ -197,13 +197,25 @@ def test_cli_bench_moons(tmp_path, capsys):
     assert (out / "report.md").exists() and (out / "metric_vs_nfe.png").exists()
 
 
-def test_cli_bench_exits_non_zero_with_the_reason_when_cells_fail(tmp_path, capsys):
+def test_cli_bench_exits_non_zero_with_the_reason_when_cells_fail(tmp_path, capsys,
+                                                                  monkeypatch):
+    """A bad grid name is bad input (exit 2, one line, before any cell); a cell that fails
+    while running makes the run exit 1 with one line per failed cell."""
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--model", "moons", "--solvers", "euler", "--nfe", "4", "--samples",
+              "50", "--seeds", "1", "--grid", "nope", "--out", str(tmp_path), "--quiet"])
+    assert e.value.code == 2 and "nope" in capsys.readouterr().err
+    import diffsolve.bench.cells as cells
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the solver broke")
+
+    monkeypatch.setattr(cells, "sample", broken)
     code = main(["bench", "--model", "moons", "--solvers", "euler", "--nfe", "4",
-                 "--samples", "50", "--seeds", "1", "--grid", "nope", "--out", str(tmp_path),
-                 "--quiet"])
+                 "--samples", "50", "--seeds", "1", "--out", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1
-    assert "1 of 1 cell runs failed" in err and "nope" in err and "error" in err
+    assert "1 of 1 cell runs failed" in err and "the solver broke" in err and "error" in err
 
 
 def test_cli_bench_rejects_bad_arguments(tmp_path):

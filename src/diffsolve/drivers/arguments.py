@@ -63,8 +63,9 @@ def check_solver_options(solver: object, options: Mapping[str, Any]) -> None:
             ok = not isinstance(v, bool) and isinstance(v, int)
         elif isinstance(d, float):
             ok = not isinstance(v, bool) and isinstance(v, (int, float))
-            if ok and not math.isfinite(float(v)):
-                raise SolverOptionError(f"{solver}: option {f.name} must be finite, got {v!r}")
+            if ok and math.isnan(float(v)):  # inf is left to the solver's own range check
+                raise SolverOptionError(f"{solver}: option {f.name} must be a number, got "
+                                        f"{v!r}")
         elif isinstance(d, str):
             ok = isinstance(v, str)
         if not ok:
