@@ -163,26 +163,13 @@ class AncestralStep:
     up: float
 
 
-@register
 @dataclass(frozen=True)
-class DPM2Ancestral(Solver):
-    r"""Ancestral DPM-2 (k-diffusion ``sample_dpm_2_ancestral``).
+class _AncestralTwoStage(Solver):
+    """Options, cost and noise of the ancestral two-evaluation samplers (not registered):
+    a deterministic step to sigma_down, then x~ += sigma_up S_noise xi (k-diffusion's
+    ``get_ancestral_step``). Weak order 2 on Gaussian data with eta > 0 (measured 2.04 and
+    1.96, docs/kdiffusion.md; not derived); eta = 0 is the deterministic method."""
 
-    With (sigma_down, sigma_up) from :func:`ancestral_split`: DPM-2 from sigma~_i to
-    sigma_down (:func:`dpm2_step`), then x~_{i+1} = x~_down + sigma_up S_noise xi. When
-    sigma_down = 0 (eta large) the step is x~ <- D without noise, as in k-diffusion. eta = 0
-    is ``dpm_2``: order 2; weak order 1 with eta > 0 (measured, docs/kdiffusion.md). 2 NFE per
-    step.
-
-    Args:
-        eta: ancestral noise fraction (default 1).
-        s_noise: multiplies the injected noise (default 1).
-    """
-
-    name = "dpm_2_ancestral"
-    title = "ancestral DPM-2 (k-diffusion)"
-    order = 2
-    reference = "k-diffusion sample_dpm_2_ancestral; Lu et al. 2022; Ho et al. 2020 eq. 7"
     eta: float = 1.0
     s_noise: float = 1.0
 
@@ -197,6 +184,36 @@ class DPM2Ancestral(Solver):
     def __post_init__(self) -> None:
         check_sde_options(self.name, self.eta, self.s_noise)
 
+    def renoised(self, i: int, x: Tensor, out: Tensor, up: float, plan: GridPlan,
+                 noise: NoiseSource) -> Tensor:
+        """``out`` (x~ at sigma_down, a fresh tensor) + sigma_up S_noise xi, in place."""
+        if up > 0.0 and self.s_noise != 0.0:
+            p, q = plan.points[i], plan.points[i + 1]
+            xi = noise.normal(x, step=i, draw=0, lam_from=p.lam, lam_to=q.lam)
+            out.add_(xi, alpha=up * self.s_noise)
+        return out
+
+
+@register
+@dataclass(frozen=True)
+class DPM2Ancestral(_AncestralTwoStage):
+    r"""Ancestral DPM-2 (k-diffusion ``sample_dpm_2_ancestral``).
+
+    With (sigma_down, sigma_up) from :func:`ancestral_split`: DPM-2 from sigma~_i to
+    sigma_down (:func:`dpm2_step`), then x~_{i+1} = x~_down + sigma_up S_noise xi. When
+    sigma_down = 0 (eta large) the step is x~ <- D without noise, as in k-diffusion. eta = 0
+    is ``dpm_2``: order 2; weak order 2 with eta > 0 on Gaussian data (measured,
+    docs/kdiffusion.md). 2 NFE per step.
+
+    Args:
+        eta: ancestral noise fraction (default 1).
+        s_noise: multiplies the injected noise (default 1).
+    """
+
+    name = "dpm_2_ancestral"
+    title = "ancestral DPM-2 (k-diffusion)"
+    order = 2
+    reference = "k-diffusion sample_dpm_2_ancestral; Lu et al. 2022; Ho et al. 2020 eq. 7"
     def step_coefficients(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
                           denoise_final: bool) -> AncestralStep:
         p, q = points[i], points[i + 1]
@@ -214,15 +231,13 @@ class DPM2Ancestral(Solver):
         if c.det is None:
             return StepOutput(x=q.alpha * d, state=None, denoised=d)
         out = run_dpm2(x_ve, d, c.det, model)
-        if c.up > 0.0 and self.s_noise != 0.0:
-            xi = noise.normal(x, step=i, draw=0, lam_from=p.lam, lam_to=q.lam)
-            out.add_(xi, alpha=c.up * self.s_noise)
-        return StepOutput(x=q.alpha * out, state=None, denoised=d)
+        return StepOutput(x=q.alpha * self.renoised(i, x, out, c.up, plan, noise), state=None,
+                          denoised=d)
 
 
 @register
 @dataclass(frozen=True)
-class DPMSolverPP2SAncestral(Solver):
+class DPMSolverPP2SAncestral(_AncestralTwoStage):
     r"""Ancestral DPM-Solver++(2S) (k-diffusion ``sample_dpmpp_2s_ancestral``).
 
     With (sigma_down, sigma_up) from :func:`ancestral_split` and h = log(sigma~_i/sigma_down):
@@ -230,8 +245,8 @@ class DPMSolverPP2SAncestral(Solver):
     x~_down = e^{-h} x~ + (1 - e^{-h}) D(x~_r) (DPM-Solver++(2S) with r = 1/2, Lu et al.
     2022b Alg. 1, whose weight on D1 vanishes at r = 1/2) and x~_{i+1} = x~_down +
     sigma_up S_noise xi. When sigma_down = 0 the deterministic part is x~ <- D (noise still
-    added, as in k-diffusion). eta = 0 is DPM-Solver++(2S): order 2; weak order 1 with
-    eta > 0 (measured). 2 NFE per step.
+    added, as in k-diffusion). eta = 0 is DPM-Solver++(2S): order 2; weak order 2 with
+    eta > 0 on Gaussian data (measured). 2 NFE per step.
 
     Args:
         eta: ancestral noise fraction (default 1).
@@ -242,20 +257,6 @@ class DPMSolverPP2SAncestral(Solver):
     title = "ancestral DPM-Solver++(2S) (k-diffusion)"
     order = 2
     reference = "Lu et al. 2022b (arXiv 2211.01095) Alg. 1; k-diffusion sample_dpmpp_2s_ancestral"
-    eta: float = 1.0
-    s_noise: float = 1.0
-
-    def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
-        return uniform_evaluations(2, steps)
-
-    @property
-    def weak_order(self) -> float | None:
-        """Measured 2.0 with eta > 0 on Gaussian data (docs/kdiffusion.md); None at eta = 0."""
-        return 2.0 if self.eta > 0 else None
-
-    def __post_init__(self) -> None:
-        check_sde_options(self.name, self.eta, self.s_noise)
-
     def step_coefficients(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
                           denoise_final: bool) -> AncestralStep:
         p, q = points[i], points[i + 1]
@@ -279,10 +280,8 @@ class DPMSolverPP2SAncestral(Solver):
             stage = torch.mul(x_ve, e_half).add_(d, alpha=1.0 - e_half)
             d2 = model.data(mid.alpha * stage, mid)
             out = torch.mul(x_ve, e_full).add_(d2, alpha=1.0 - e_full)
-        if c.up > 0.0 and self.s_noise != 0.0:
-            xi = noise.normal(x, step=i, draw=0, lam_from=p.lam, lam_to=q.lam)
-            out.add_(xi, alpha=c.up * self.s_noise)
-        return StepOutput(x=q.alpha * out, state=None, denoised=d)
+        return StepOutput(x=q.alpha * self.renoised(i, x, out, c.up, plan, noise), state=None,
+                          denoised=d)
 
 
 @dataclass(frozen=True)
