@@ -81,3 +81,19 @@ def linear_output_moments(model: Denoiser, grid, solver, x_mean: float, x_var: f
     mean = float(a * x_mean + c)
     var = float(a * a * x_var + (b * b).sum())
     return mean, var
+
+
+def gaussian_weak_errors(solver, options: dict, schedule: NoiseSchedule, grids: list,
+                         s_max: float, s_min: float, mu: float = 0.5,
+                         var: float = 0.25) -> list[float]:
+    """Weak errors |E out - mu| + |Var out - (var + s_min^2)| (EDM scaling) of ``solver`` on
+    1-D data N(mu, var), exactly (:func:`linear_output_moments`), one per grid from s_max."""
+    model = GaussianData([mu], [var]).denoiser(schedule)
+    errors = []
+    for grid in grids:
+        a0 = schedule.point(float(grid.lams[0])).alpha
+        a1 = schedule.point(float(grid.lams[-1])).alpha
+        mean, out_var = linear_output_moments(model, grid, solver, mu * a0,
+                                              (var + s_max**2) * a0 * a0, **options)
+        errors.append(abs(out_var / a1**2 - (var + s_min**2)) + abs(mean / a1 - mu))
+    return errors

@@ -18,7 +18,7 @@ import math
 import pytest
 import torch
 
-from analytic import GaussianData, fitted_slope, linear_output_moments
+from analytic import GaussianData, fitted_slope, gaussian_weak_errors, linear_output_moments
 from diffsolve import Grid, solve
 from diffsolve.noise import ZeroNoise
 from diffsolve.schedules import EDM, VPLinear
@@ -67,16 +67,8 @@ def test_deterministic_order(name, opts, expected, schedule, gaussian_data):
 
 
 def _weak_errors(name: str, opts: dict, schedule, steps: list[int]) -> list[float]:
-    model = GaussianData([0.5], [0.25]).denoiser(schedule)
-    errors = []
-    for n in steps:
-        grid = _grid(n, schedule)
-        a0 = schedule.point(float(grid.lams[0])).alpha
-        a1 = schedule.point(float(grid.lams[-1])).alpha
-        mean, var = linear_output_moments(model, grid, name, 0.5 * a0,
-                                          (0.25 + SIGMA_MAX**2) * a0 * a0, **opts)
-        errors.append(abs(var / a1**2 - (0.25 + SIGMA_MIN**2)) + abs(mean / a1 - 0.5))
-    return errors
+    return gaussian_weak_errors(name, opts, schedule, [_grid(n, schedule) for n in steps],
+                                SIGMA_MAX, SIGMA_MIN)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES, ids=["EDM", "VP"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import integrate
 
-from analytic import GaussianData, fitted_slope, linear_output_moments
+from analytic import fitted_slope, gaussian_weak_errors, linear_output_moments
 from diffsolve import Grid, SolverOptionError, kdiffusion, sample, solve
 from diffsolve.models import Denoiser
 from diffsolve.noise import GivenNoise, ZeroNoise
@@ -235,16 +235,8 @@ def test_euler_maruyama_is_not_exact_on_dirac_data():
 
 def _weak_errors(name, opts, schedule=None, steps=WEAK_STEPS):
     schedule = schedule or EDM(0.01, 50.0)
-    model = GaussianData([0.5], [0.25]).denoiser(schedule)
-    errors = []
-    for n in steps:
-        grid = _grid(n, schedule)
-        a0 = schedule.point(float(grid.lams[0])).alpha
-        a1 = schedule.point(float(grid.lams[-1])).alpha
-        mean, var = linear_output_moments(model, grid, name, 0.5 * a0,
-                                          (0.25 + SIGMA_MAX**2) * a0 * a0, **opts)
-        errors.append(abs(var / a1**2 - (0.25 + SIGMA_MIN**2)) + abs(mean / a1 - 0.5))
-    return errors
+    return gaussian_weak_errors(name, opts, schedule, [_grid(n, schedule) for n in steps],
+                                SIGMA_MAX, SIGMA_MIN)
 
 
 @pytest.mark.parametrize(("name", "opts", "expected"), [
