@@ -20,10 +20,16 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
+# diffusers' KDPM2 passes torch tensors to numpy (thousands of numpy DeprecationWarnings a run)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 from diffsolve import IncompatibleModelError  # noqa: E402
 from diffsolve.integrations.diffusers import DiffsolveScheduler  # noqa: E402
-from diffsolve.integrations.diffusers_map import default_solver, unsupported_keys  # noqa: E402
+from diffsolve.integrations.diffusers_map import (  # noqa: E402
+    default_solver,
+    infer_class,
+    unsupported_keys,
+)
 from diffsolve.solvers import list_solvers  # noqa: E402
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -81,6 +87,23 @@ CASES = [
     ("EulerDiscreteScheduler", {**SD, "final_sigmas_type": "sigma_min"}),  # zero-length tail
     ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0}),
     ("FlowMatchEulerDiscreteScheduler", {"use_dynamic_shifting": True}),
+    ("LMSDiscreteScheduler", SD),
+    ("LMSDiscreteScheduler", {**SD, "use_karras_sigmas": True}),
+    ("LMSDiscreteScheduler", {**SD, "prediction_type": "v_prediction",
+                              "timestep_spacing": "trailing"}),
+    ("KDPM2DiscreteScheduler", SD),
+    ("KDPM2DiscreteScheduler", {**SD, "use_karras_sigmas": True}),
+    ("KDPM2AncestralDiscreteScheduler", SD),
+    ("KDPM2AncestralDiscreteScheduler", {**SD, "prediction_type": "v_prediction",
+                                         "timestep_spacing": "trailing"}),
+    ("EDMEulerScheduler", {}),
+    ("EDMEulerScheduler", {"prediction_type": "v_prediction", "sigma_schedule": "exponential",
+                           "final_sigmas_type": "sigma_min"}),
+    ("EDMDPMSolverMultistepScheduler", {}),
+    ("EDMDPMSolverMultistepScheduler", {"solver_order": 3, "sigma_data": 1.0, "sigma_max": 20.0}),
+    ("EDMDPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++",
+                                        "final_sigmas_type": "sigma_min",
+                                        "prediction_type": "v_prediction"}),
 ]
 
 
@@ -126,9 +149,12 @@ def pipeline_loop(sched, model, noise, steps, *, strength=None, image=None, mu=N
 
 def _pair(name, cfg, **kwargs):
     ref = getattr(diffusers, name)(**cfg)
+    # LMS, KDPM2 and KDPM2 ancestral take the same keys: a config made by a scheduler built
+    # directly (no _class_name) names none of them, so pass the scheduler itself (docs)
+    src = ref.config if infer_class(ref.config) is not None else ref
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        ours = DiffsolveScheduler.from_config(ref.config, **kwargs)
+        ours = DiffsolveScheduler.from_config(src, **kwargs)
     return ref, ours
 
 
@@ -178,7 +204,8 @@ LONG = [("DDIMScheduler", {**SD, "clip_sample": False}), ("EulerDiscreteSchedule
         ("DPMSolverMultistepScheduler", {**SD, "solver_order": 3}),
         ("DPMSolverMultistepScheduler", {**SD, "algorithm_type": "dpmsolver",
                                          "final_sigmas_type": "sigma_min"}),
-        ("UniPCMultistepScheduler", SD), ("DEISMultistepScheduler", {**SD, "solver_order": 3})]
+        ("UniPCMultistepScheduler", SD), ("DEISMultistepScheduler", {**SD, "solver_order": 3}),
+        ("LMSDiscreteScheduler", SD)]
 
 
 @pytest.mark.parametrize("strength", [None, 0.3], ids=["txt2img", "s0.3"])
@@ -314,7 +341,8 @@ def test_reloaded_config_equals_the_saved_one(tmp_path):
 
 
 def test_compatibles_swap_both_ways(net):
-    """Every class in ``compatibles`` can take DiffsolveScheduler's config back."""
+    """Every class in ``compatibles`` can take DiffsolveScheduler's config back (an EDM
+    source lists the EDM schedulers, which get its sigma range back)."""
     ours = DiffsolveScheduler.from_config(diffusers.DPMSolverMultistepScheduler(**SD).config)
     for cls in ours.compatibles:
         if cls.__name__ == "DiffsolveScheduler":
@@ -322,6 +350,14 @@ def test_compatibles_swap_both_ways(net):
         back = cls.from_config(ours.config)
         back.set_timesteps(4)
         assert len(back.timesteps) > 0
+    edm = diffusers.EDMDPMSolverMultistepScheduler(sigma_max=20.0, sigma_data=1.0)
+    ours = DiffsolveScheduler.from_config(edm.config)
+    names = {cls.__name__ for cls in ours.compatibles}
+    assert names == {"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "DiffsolveScheduler"}
+    for cls in ours.compatibles:
+        back = cls.from_config(ours.config)
+        back.set_timesteps(4)
+        assert float(back.sigmas[0]) == pytest.approx(20.0)
 
 
 # --- nothing silently dropped ------------------------------------------------------------------
@@ -335,7 +371,7 @@ def test_no_key_is_dropped_without_a_warning():
     conformance cases exercise them) or, set to a value diffsolve does not reproduce, warns
     once naming it. Unknown keys warn too."""
     names = sorted({n for n, _ in CASES} | {"PNDMScheduler", "LMSDiscreteScheduler",
-                                           "KDPM2DiscreteScheduler", "SASolverScheduler"})
+                                           "SASolverScheduler"})
     silent = []
     for name in names:
         base = dict(getattr(diffusers, name)().config)
@@ -371,16 +407,37 @@ def test_step_keywords_are_honoured_or_warned(net):
 
 
 def test_unmapped_scheduler_warns_and_keeps_its_grid():
-    ref = diffusers.KDPM2DiscreteScheduler(**SD)
-    with pytest.warns(UserWarning, match="KDPM2DiscreteScheduler"):
+    ref = diffusers.DPMSolverSDEScheduler(**SD)
+    with pytest.warns(UserWarning, match="DPMSolverSDEScheduler"):
         ours = DiffsolveScheduler.from_config(ref)
     ours.set_timesteps(10)
     assert ours.solver.name == "dpmpp_2m"
 
 
-def test_edm_preconditioned_schedulers_are_refused():
-    with pytest.raises(IncompatibleModelError, match="EDM"):
-        DiffsolveScheduler.from_config(diffusers.EDMEulerScheduler().config)
+def test_cosine_edm_scheduler_is_refused():
+    """CosineDPMSolverMultistep preconditions with its own c_noise (not reproduced)."""
+    with pytest.raises(IncompatibleModelError, match="c_noise"):
+        DiffsolveScheduler.from_config(diffusers.CosineDPMSolverMultistepScheduler())
+
+
+def test_edm_scheduler_api():
+    """EDM schedulers: x = x0 + sigma n (alpha = 1), the network input c_in x, timesteps
+    c_noise = log(sigma)/4, X's init_noise_sigma; another solver keeps X's grid."""
+    ref, ours = _pair("EDMEulerScheduler", {})
+    for s in (ref, ours):
+        s.set_timesteps(6)
+    assert torch.equal(ours.timesteps, ref.timesteps)
+    assert ours.init_noise_sigma == ref.init_noise_sigma
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = ref.timesteps[2]
+    torch.testing.assert_close(ours.add_noise(x, x, t[None]), ref.add_noise(x, x, t[None]))
+    ref.set_begin_index(2)
+    ours.set_begin_index(2)
+    torch.testing.assert_close(ours.scale_model_input(x, t), ref.scale_model_input(x, t))
+    other = DiffsolveScheduler.from_config(ref.config, solver="heun")
+    other.set_timesteps(6)
+    assert other.schedule.sigma_edm_max == pytest.approx(80.0)
+    assert torch.equal(other.timesteps[::2], ref.timesteps)
 
 
 @pytest.mark.parametrize("name", sorted({n for n, _ in CASES} | {"PNDMScheduler"}))
@@ -390,3 +447,21 @@ def test_reproduced_schedulers_swap_without_warnings(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         DiffsolveScheduler.from_config(getattr(diffusers, name)())
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_wrap_of_an_edm_config_matches_the_scheduler(prediction):
+    """``wrap(unet, EDM config)``: EDM preconditioning with X's sigma_data and c_noise, so
+    diffsolve's own loop on X's grid equals the scheduler in the pipeline loop."""
+    from diffsolve import Grid, solve
+    from diffsolve.integrations.diffusers import wrap
+
+    unet = _tiny_unet()
+    ref, ours = _pair("EDMEulerScheduler", {"prediction_type": prediction, "sigma_data": 0.8})
+    noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = wrap(unet, ref.config)
+    with torch.no_grad():
+        a = pipeline_loop(ours, lambda x, t: unet(x, t).sample, noise, 6)
+        grid = Grid.from_sigmas([float(v) for v in ours.sigmas], model.schedule)
+        b = solve(model, noise * ours.init_noise_sigma, grid, "ddim", progress=False).x
+    assert rel_diff(a, b) < REL
