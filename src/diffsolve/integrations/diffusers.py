@@ -68,6 +68,7 @@ from .diffusers_map import (
     EDM_PRECONDITIONED,
     EDM_REPRODUCED,
     FEW_STEPS,
+    TABLE_NOISING,
     VE_STATE,
     as_int_if_integral,
     default_solver,
@@ -339,6 +340,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if pg.segments is not None and self.solver.name in ("ddim", "ddim_eta"):
                 self._segments = pg.segments
             self._apply_euler_at_final()
+            self._apply_peer_tau(sig, node_t)
         else:
             self.grid = self._make_grid(num_inference_steps, timesteps, sigmas, mu)
         plan = evaluation_plan(self.solver, self.schedule, self.grid)
@@ -435,9 +437,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         in ``timesteps`` uses that evaluation point's exact noise level."""
         ts = torch.as_tensor(timesteps).detach().to("cpu", torch.float64).reshape(-1)
         alphas, sigmas = [], []
+        table = self._source in TABLE_NOISING and isinstance(self.schedule, DiscreteVP)
         for t in ts.tolist():
             k = self._find(t)
-            if k is not None:
+            if table:  # X's add_noise: sqrt(abar[t]) x0 + sqrt(1 - abar[t]) noise
+                abar = float(self.alphas_cumprod[int(t)])
+                a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
+            elif k is not None:
                 p = self._points[k]
                 a, s = p.alpha, p.sigma
             elif self._edm:  # an unlisted EDM timestep c_noise = log(sigma)/4
@@ -496,6 +502,22 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         steps = len(self.grid.finite_lams()) - 1
         caps = (self.solver.history_order,) * (steps - 1) + (1,)
         self.solver = dataclasses.replace(self.solver, step_order_caps=caps)
+
+    def _apply_peer_tau(self, node_sigmas: list[float], node_t: list[float]) -> None:
+        """SASolverScheduler: tau of an interval is X's ``tau_func`` of the interval's start
+        timestep; give the solver that as a function of sigma~ on this grid's nodes."""
+        tau_func = getattr(self._peer, "tau_func", None)
+        if (tau_func is None or not self._default_solver
+                or "tau_point" not in self.solver.options()):
+            return
+        dtype = self._peer.timesteps.dtype
+        table = list(zip(node_sigmas, node_t, strict=False))
+
+        def tau(sigma: float) -> float:
+            t = min(table, key=lambda st: abs(math.log(st[0] / sigma)))[1]
+            return float(tau_func(torch.tensor(t, dtype=dtype)))
+
+        self.solver = dataclasses.replace(self.solver, tau=tau)
 
     def _data(self, out: Tensor, x: Tensor, point: EvalPoint) -> Tensor:
         """The data prediction D from the network output at ``point``: the config's
@@ -758,10 +780,15 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             prior = [float(self.schedule.point(float(v)).sigma_edm)
                      for v in self.grid.lams[:node]]
             solver = dataclasses.replace(solver, prior_sigmas=tuple(prior))
+        if node > 0 and "step_orders" in solver.options() and self._default_solver:
+            # X's order list is the whole grid's (groups counted from its first step)
+            orders = solver.orders(len(self.grid.finite_lams()) - 1, self.grid.to_zero)
+            solver = dataclasses.replace(solver, step_orders=tuple(orders[node:]))
         if node > 0 and "full_steps" in solver.options():
             solver = dataclasses.replace(solver, full_steps=full)
         elif (node > 0 and self._default_solver and full >= FEW_STEPS
-              and getattr(solver, "lower_order_final", False)):
+              and getattr(solver, "lower_order_final", False)
+              and not getattr(solver, "lower_order_final_always", False)):
             # diffusers decides "fewer than 15 steps" on the whole schedule, not on the part
             # an img2img run samples
             solver = dataclasses.replace(solver, lower_order_final=False)

@@ -43,6 +43,10 @@ VE_STATE = frozenset({
     "DPMSolverSDEScheduler",
 })
 
+# schedulers whose add_noise reads the training table at the (integer) timestep, even where
+# their grid's sigma at that node is another (Karras / exponential grids, rounded timesteps)
+TABLE_NOISING = frozenset({"SASolverScheduler"})
+
 FEW_STEPS = 15  # diffusers' multistep schedulers lower their final orders below this many steps
 EDM_PRECONDITIONED = frozenset({"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler",
                                 "CosineDPMSolverMultistepScheduler"})
@@ -102,6 +106,37 @@ def _dpm_multistep(cfg: Mapping[str, Any]) -> SolverChoice:
         keys)
 
 
+def _dpm_singlestep(cfg: Mapping[str, Any]) -> SolverChoice:
+    """DPMSolverSinglestep: ``dpm_singlestep`` with the scheduler's options."""
+    algo = cfg.get("algorithm_type", "dpmsolver++")
+    if algo not in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"):
+        raise IncompatibleModelError(
+            f"DPMSolverSinglestepScheduler with algorithm_type={algo!r} has no diffsolve "
+            "equivalent; pass solver=... to choose one")
+    return SolverChoice("dpm_singlestep", {
+        "algorithm_type": algo, "solver_order": int(cfg.get("solver_order", 2)),
+        "solver_type": cfg.get("solver_type", "midpoint"),
+        "lower_order_final": bool(cfg.get("lower_order_final", False))},
+        frozenset({"algorithm_type", "solver_order", "solver_type", "lower_order_final"}))
+
+
+def _sa_solver(cfg: Mapping[str, Any]) -> SolverChoice:
+    """SASolverScheduler: ``sa_solver`` PEC with diffusers' choices: the order-2 rescaling
+    trick (``simple_order_2``, diffusers' "modification ... similar to UniPC"), tau at each
+    interval's start timestep (the adapter sets tau from X's ``tau_func`` once the grid is
+    known), final orders lowered on every grid. Data prediction only."""
+    keys = {"predictor_order", "corrector_order", "lower_order_final", "tau_func"}
+    if cfg.get("algorithm_type", "data_prediction") == "data_prediction":
+        keys.add("algorithm_type")
+    return SolverChoice("sa_solver", {
+        "predictor_order": int(cfg.get("predictor_order", 2)),
+        "corrector_order": int(cfg.get("corrector_order", 2)),
+        "simple_order_2": True, "tau_point": "start",
+        "lower_order_final": bool(cfg.get("lower_order_final", True)),
+        "lower_order_final_always": True, "noise_every_step": True},
+        frozenset(keys))
+
+
 def _edm_dpm(cfg: Mapping[str, Any]) -> SolverChoice:
     """EDMDPMSolverMultistep: DPMSolverMultistep's update on the EDM schedule."""
     choice = _dpm_multistep(cfg)
@@ -141,6 +176,8 @@ _CHOICES: dict[str, Any] = {
     "KDPM2DiscreteScheduler": lambda cfg: SolverChoice("dpm_2"),
     "KDPM2AncestralDiscreteScheduler": lambda cfg: SolverChoice("dpm_2_ancestral"),
     "DPMSolverMultistepScheduler": _dpm_multistep,
+    "DPMSolverSinglestepScheduler": _dpm_singlestep,
+    "SASolverScheduler": _sa_solver,
     "UniPCMultistepScheduler": _unipc,
     "DEISMultistepScheduler": _deis,
     "FlowMatchEulerDiscreteScheduler": lambda cfg: SolverChoice("ddim"),
@@ -199,6 +236,8 @@ _CLIPS = {"DDIMScheduler": {"thresholding", "clip_sample"},
           "DDPMScheduler": {"thresholding", "clip_sample"},
           "HeunDiscreteScheduler": {"clip_sample"},
           "DPMSolverMultistepScheduler": {"thresholding"},
+          "DPMSolverSinglestepScheduler": {"thresholding"},
+          "SASolverScheduler": {"thresholding"},
           "UniPCMultistepScheduler": {"thresholding"},
           "DEISMultistepScheduler": {"thresholding"},
           "EDMDPMSolverMultistepScheduler": {"thresholding"}}
