@@ -300,8 +300,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                               f"{key}={src[key]!r}; it is ignored", stacklevel=2)
             # X's values, defaults included, are this scheduler's (diffusers would otherwise
             # drop the keys X left at X's defaults)
-            cfg.pop("_use_default_values", None)
-        return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+            x_defaults = set(cfg.pop("_use_default_values", None) or ())
+        else:
+            x_defaults = set()
+        out = super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        hidden = x_defaults - set(inspect.signature(cls.__init__).parameters)
+        if hidden:
+            # X's keys this class does not take, left at X's defaults: a compatible class
+            # taking this config drops them, as it does when taking X's (e.g. SA-Solver's
+            # algorithm_type in DPMSolverSinglestep)
+            model = out[0] if isinstance(out, tuple) else out
+            own = set(model.config.get("_use_default_values", ()))
+            model.register_to_config(_use_default_values=sorted(own | hidden))
+        return out
 
     def set_timesteps(self, num_inference_steps: int | None = None,
                       device: str | torch.device | None = None, *,
