@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +15,7 @@ from diffsolve.core.grids import make_grid
 from diffsolve.drivers.dc_solver import (
     calibrate,
     cpr_features,
+    cpr_ratios,
     fit_cpr,
     predict_ratios,
     search_ratios,
@@ -105,3 +109,31 @@ def test_calibration_artefact_drives_sample(model, tmp_path):
     b = diffsolve.sample(model, SHAPE, solver="dc_solver", nfe=6, progress=False,
                          dc_ratios=entry.solver_options["dc_ratios"])
     assert a.nfe == 6 and torch.equal(a.x, b.x)
+    with pytest.raises(SolverOptionError):  # one guidance scale: no regression
+        cpr_ratios(art, 1.0, 6)
+    fits = [(g, n, [1.0, 1.0] + [1.0 + 0.01 * g] * (n - 3)) for g in (1, 2, 3) for n in (5, 6, 8)]
+    art.calibration["cpr"] = {"coefficients": fit_cpr(fits)}
+    assert cpr_ratios(art, 2.0, 7) == pytest.approx([1.0, 1.0] + [1.02] * 4, abs=1e-3)
+
+
+def test_docs_example_runs(capsys, tmp_path, monkeypatch):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "dc_solver.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "docs/dc_solver.md", "exec"), {})
+    assert "\n5 [1.0, 1.0, " in capsys.readouterr().out
+
+
+def test_autoguided_digits_is_the_cfg_formula():
+    from diffsolve.zoo.guided import autoguided_digits
+    from diffsolve.zoo.pretrained import load_model
+
+    main, weak = load_model("digits"), load_model("hier_digits_w8")
+    x = torch.randn(4, 1, 8, 8) * 2.0
+    p = main.schedule.point(0.3)
+    dm, dw = main.data(x, p), weak.data(x, p)
+    guided = autoguided_digits(3.0)
+    d = guided.data(x, p)
+    assert guided.nfe == 1
+    assert torch.allclose(d, dw + 3.0 * (dm - dw), atol=1e-4)
+    assert torch.allclose(autoguided_digits(1.0).data(x, p), dm, atol=1e-5)

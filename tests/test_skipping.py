@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,3 +86,10 @@ def test_policy_checks():
             SkipPolicy(**bad)
     with pytest.raises(SolverOptionError):
         sample_skipping(GaussianMixture.default_2d().denoiser(EDM()), SHAPE)
+
+
+def test_docs_example_runs(capsys):
+    text = (Path(__file__).resolve().parents[1] / "docs" / "skipping.md").read_text()
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    exec(compile(block, "docs/skipping.md", "exec"), {})
+    assert capsys.readouterr().out.startswith("20 15 5\n")

@@ -255,3 +255,18 @@ def _options(solver: DCSolver) -> dict[str, Any]:
     return {f: getattr(solver, f) for f in ("solver_order", "variant", "use_corrector",
                                              "lower_order_final", "dc_order")
             if getattr(solver, f) != getattr(default, f)}
+
+
+def cpr_ratios(art: TunedArtefact, guidance: float, nfe: int) -> list[float]:
+    """Ratios for the (``guidance``, ``nfe``) of an artefact made by :func:`calibrate`, from
+    its CPR: ``diffsolve.sample(model, shape, solver="dc_solver", nfe=nfe,
+    dc_ratios=cpr_ratios(art, w, nfe))`` on the artefact's grid type."""
+    cpr = art.calibration.get("cpr")
+    if not cpr:
+        raise SolverOptionError("the artefact has no cascade regression (calibrate over at "
+                                "least 3 guidance scales and 3 budgets)")
+    opts = art.entries[0].solver_options
+    solver = get_solver("dc_solver", **{k: v for k, v in opts.items() if k != "dc_ratios"})
+    steps = solver.steps_for_nfe(nfe) - 1
+    return predict_ratios(cpr["coefficients"], guidance, nfe, steps,
+                          dc_order=int(solver.dc_order))
