@@ -137,3 +137,32 @@ def test_autoguided_digits_is_the_cfg_formula():
     assert guided.nfe == 1
     assert torch.allclose(d, dw + 3.0 * (dm - dw), atol=1e-4)
     assert torch.allclose(autoguided_digits(1.0).data(x, p), dm, atol=1e-5)
+
+
+#: the CPR coefficients the DC-Solver authors ship for SD-2.1 (wl-zhao/DC-Solver,
+#: diffusers/dc_solver/cpr_coeffs_path/sd2.1.npy, HEAD f82d060), used as data for a cross-check
+SD21_CPR = [
+    1523.676619658719, -1111.4746450817747, 198.38349617752823,
+    -1346.0890022783242, 1007.1949412581944, -186.2547577408646,
+    168.39730243270586, -128.0389489406508, 24.884789751788965,
+    -8140.644018577604, 5906.748279115223, -1035.9941123139745,
+    6941.413899402556, -5193.980659818976, 950.3205652979913,
+    -848.2104675050633, 650.6903333310611, -121.28674276636774,
+    13309.270384617059, -9616.6703205253, 1668.7685962068279,
+    -11037.107794392457, 8256.66668566493, -1503.7992035851387,
+    1293.9740435093065, -999.5629328211232, 188.2217041354989,
+    -6747.4218216104955, 4853.153053347587, -835.5116792834909,
+    5489.115183777738, -4096.897218212316, 743.0953413127122,
+    -619.5612763258621, 480.1497146559675, -90.89633128561563,
+]
+
+
+def test_cpr_reproduces_the_authors_shipped_ratios():
+    # the ratios for SD-2.1 in research notes C.2 (the shipped coefficients evaluated with the
+    # layout of the authors' cascade_polynomial_regression), to the 4 decimals given there
+    assert predict_ratios(SD21_CPR, 7.5, 5, 5) == pytest.approx(
+        [1, 1, 1.0271, 0.7392, 1.2263], abs=6e-5)
+    assert predict_ratios(SD21_CPR, 6.0, 6, 6) == pytest.approx(
+        [1, 1, 1.1056, 0.9250, 0.6616, 1.3009], abs=6e-5)
+    assert predict_ratios(SD21_CPR, 7.5, 10, 10) == pytest.approx(
+        [1, 1, 0.4446, 0.8980, 1.0628, 1.0426, 0.9408, 0.8610, 0.9068, 1.1816], abs=6e-5)
