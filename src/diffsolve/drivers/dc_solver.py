@@ -56,7 +56,7 @@ from ..core.models import Denoiser
 from ..solvers import get_solver
 from ..solvers.unipc import DCSolver, UniPCStep
 from .loop import initial_noise, solve
-from .tuned import TunedArtefact, TunedEntry
+from .tuned import TunedArtefact, TunedEntry, weights_hash
 
 CALIB_SEED = 75_000
 CPR_DEGREE = 3
@@ -243,11 +243,15 @@ def calibrate(models: dict[float, Denoiser], shape: Sequence[int], nfes: Sequenc
     cpr = ({"coefficients": fit_cpr(fits, dc_order=int(solver.dc_order)),
             "degree": CPR_DEGREE, "g_scale": G_SCALE, "u_scale": U_SCALE,
             "fitted_on": [[w, n] for w, n, _ in fits]} if enough else None)
+    from ..core.noise import NOISE_STREAM_VERSION
+
+    first = next(iter(models.values()))
     return TunedArtefact(
-        model={"name": name}, entries=entries, best=best,
+        model={"name": name, "weights_sha256": weights_hash(first)}, entries=entries,
+        best=best,
         calibration={"method": "DC-Solver ratio search (greedy, Brent) + CPR",
                      "seed": seed, "samples": samples, "nfe": total_nfe, "seconds": total_s,
-                     "grid": grid, "cpr": cpr})
+                     "grid": grid, "noise_stream_version": NOISE_STREAM_VERSION, "cpr": cpr})
 
 
 def _options(solver: DCSolver) -> dict[str, Any]:
