@@ -113,16 +113,17 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = sorted({r["model"] for r in results}, key=MODELS.index)
+    solvers = list(dict.fromkeys(r["solver"] for r in results))
     fig, axes = plt.subplots(1, len(models), figsize=(3.6 * len(models), 3.4))
     for ax, model in zip(axes if len(models) > 1 else [axes], models, strict=True):
         for r in (r for r in results if r["model"] == model):
             s = r["summary"]
             for name, mk in (("base", "o"), ("skip", "*"), ("equal", "s")):
                 c = s[name]["ode_error"]
+                first = r["nominal_nfe"] == results[0]["nominal_nfe"] and model == models[0]
                 ax.errorbar(s[name]["nfe"]["mean"], c["mean"], yerr=c["ci95"], fmt=mk,
-                            color="C0" if r["solver"] == results[0]["solver"] else "C1",
-                            label=f"{r['solver']} {name}" if r["nominal_nfe"] ==
-                            results[0]["nominal_nfe"] else None, capsize=2)
+                            color=f"C{solvers.index(r['solver'])}",
+                            label=f"{r['solver']} {name}" if first else None, capsize=2)
         ax.set_yscale("log")
         ax.set_title(model)
         ax.set_xlabel("NFE actually used")
@@ -142,7 +143,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ref-nfe", type=int, default=200)
     ap.add_argument("--samples-scale", type=float, default=1.0)
+    ap.add_argument("--replot", action="store_true", help="only redraw OUT/skipping.png")
     args = ap.parse_args()
+    if args.replot:
+        saved = json.loads((args.out / "results.json").read_text())["results"]
+        plot(saved, args.out / "skipping.png")
+        return
     policy = SkipPolicy()
     seeds = list(range(args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
