@@ -84,7 +84,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.2), dpi=90)
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 5.0), dpi=90)
     cmap = plt.get_cmap("tab10")
     for ax, name in zip(axes, names, strict=True):
         for j, label in enumerate(METHODS):
@@ -98,8 +98,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("NFE (invert + reconstruct)")
         ax.set_ylabel("relative L2 round-trip error")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
 
 
@@ -108,7 +109,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/bench/inversion"))
     ap.add_argument("--n", type=int, default=256,
                     help="2-D points per model (digits: n/32 test images)")
+    ap.add_argument("--replot", action="store_true", help="redraw OUT/inversion.png only")
     args = ap.parse_args()
+    if args.replot:
+        rows = json.loads((args.out / "results.json").read_text())["rows"]
+        plot(rows, args.out / "inversion.png")
+        return
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows = run(args.n)

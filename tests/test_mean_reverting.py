@@ -102,7 +102,7 @@ def _mrs_reference(mg, x, pts, kind, pred, order, zs):
 @pytest.mark.parametrize("variant", VARIANTS, ids=["-".join(map(str, v)) for v in VARIANTS])
 def test_mrs_is_the_notes_update_with_its_mu_terms(variant, steps):
     """sample_mean_reverting(solver="mrs") = the MRS formulas written out in data coordinates,
-    including the order schedule (warm-up; first-order last step on grids under 10 steps)."""
+    including the note's order schedule (warm-up; first-order last step under 10 steps)."""
     kind, pred, order = variant
     sch = SCHEDULES[1]
     mg = _model(sch)

@@ -22,8 +22,10 @@ without mu, and those are DPM-Solver(++) multistep in its four algorithm types w
 (Taylor) weight of D_1 (Lu et al. 2022a eq. 3.7; Lu et al. 2022b eq. 9, App. C). So MRS is
 ``dpm_multistep`` on the shifted state of :class:`~diffsolve.core.mean_reverting.
 MeanRevertingDenoiser` (identity checked against the formulas above, written out with their mu
-terms, in tests/test_mean_reverting.py), with MRS's step orders: warm-up order min(order, i + 1)
-and, on grids of fewer than 10 steps, a first-order last step (min(order, M - i)).
+terms, in tests/test_mean_reverting.py), with the note's step orders: warm-up order
+min(order, i + 1) and, on grids of fewer than 10 steps, a first-order last step
+(min(order, M - i)). The authors' code takes its final step at full order and lowers the one
+before instead (docs/mean_reverting.md); that single-step difference is not reproduced.
 
 Why a driver and not a solver file: the solver is an existing one; what is new is the change of
 variable around the loop (data coordinates in and out), which every solver can use: e.g. the
