@@ -7,8 +7,9 @@ digits model is class-conditional), w = guidance scale.
 1. Calibration (:func:`diffsolve.drivers.dc_solver.calibrate`): ratios searched on 10
    calibration noises (seed 75000) for every w in ``--fit-w`` x NFE in ``--fit-nfe``, CPR fitted
    on them; saved as a ``diffsolve-tuned-v1`` artefact (OUT/dc_digits.json) with its cost.
-2. Held-out NFE (``--heldout-nfe``, not in the fit): the ratios searched there vs the CPR
-   prediction (RMS over the compensated steps), for every w.
+2. Held-out configurations: the NFE ``--heldout-nfe`` at every fitted w, and the guidance
+   scale ``--heldout-w`` at every evaluated NFE (neither in the fit): the ratios searched
+   there vs the CPR prediction (RMS over the compensated steps).
 3. Quality at ``--eval-w``: UniPC, DC-Solver (searched ratios), DC-Solver (CPR ratios) and
    DPM-Solver++(2M) at every NFE in ``--eval-nfe`` plus the held-out NFE, on ``--samples``
    noises per seed (seeds 0..; disjoint from the calibration noise). Metrics: classifier
@@ -62,6 +63,8 @@ def main() -> None:
     ap.add_argument("--fit-w", type=floats, default=[2.0, 3.0, 4.0])
     ap.add_argument("--fit-nfe", type=ints, default=[5, 6, 10, 12])
     ap.add_argument("--heldout-nfe", type=int, default=8)
+    ap.add_argument("--heldout-w", type=float, default=3.5,
+                    help="a guidance scale not in the fit: CPR error at it (every NFE)")
     ap.add_argument("--eval-w", type=float, default=3.0)
     ap.add_argument("--eval-nfe", type=ints, default=[5, 10])
     ap.add_argument("--samples", type=int, default=300)
@@ -70,7 +73,8 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    models = {w: autoguided_digits(w) for w in sorted({*args.fit_w, args.eval_w})}
+    models = {w: autoguided_digits(w)
+              for w in sorted({*args.fit_w, args.eval_w, args.heldout_w})}
     fit_models = {w: models[w] for w in args.fit_w}
 
     # 1. calibration ------------------------------------------------------------------------
@@ -95,15 +99,17 @@ def main() -> None:
 
     # 2. CPR on the held-out NFE ---------------------------------------------------------------
     cpr_eval = []
-    for w in args.fit_w:
-        steps = dc.steps_for_nfe(args.heldout_nfe) - 1
-        got = searched(w, args.heldout_nfe)
-        pred = predict_ratios(coeffs, w, args.heldout_nfe, steps)
+    held = [(w, args.heldout_nfe) for w in args.fit_w]
+    held += [(args.heldout_w, n) for n in sorted({*args.eval_nfe, args.heldout_nfe})]
+    for w, n in held:
+        steps = dc.steps_for_nfe(n) - 1
+        got = searched(w, n)
+        pred = predict_ratios(coeffs, w, n, steps)
         err = [p - g for p, g in zip(pred, got, strict=True)][2:]
-        cpr_eval.append({"w": w, "nfe": args.heldout_nfe, "searched": got, "predicted": pred,
+        cpr_eval.append({"w": w, "nfe": n, "searched": got, "predicted": pred,
                          "rms_error": math.sqrt(sum(e * e for e in err) / len(err)),
                          "max_error": max(abs(e) for e in err)})
-        print(f"CPR held-out NFE {args.heldout_nfe}, w={w}: rms ratio error "
+        print(f"CPR held-out (w={w}, NFE {n}): rms ratio error "
               f"{cpr_eval[-1]['rms_error']:.3f}")
 
     # 3. quality at eval-w ----------------------------------------------------------------------
@@ -161,7 +167,8 @@ def main() -> None:
                      f"{fmt(v['rms_ref'])} |")
     lines += ["", f"Calibration: {cost['nfe']} NFE, {cost['seconds']:.1f} s in total for "
               f"{cost['configurations']} (w, NFE) configurations on 10 noises.", "",
-              "| w | held-out NFE | CPR ratio RMS error | max error |", "|---|---|---|---|"]
+              "CPR on configurations not in its fit (ratios over the compensated steps):", "",
+              "| w | NFE | CPR ratio RMS error | max error |", "|---|---|---|---|"]
     lines += [f"| {c['w']} | {c['nfe']} | {c['rms_error']:.3f} | {c['max_error']:.3f} |"
               for c in cpr_eval]
     (args.out / "table.md").write_text("\n".join(lines) + "\n")
