@@ -162,7 +162,7 @@ def make_task(model_name: str, samples: int, *,
         zoo_name = model_name.replace("-", "_")
         gmm, model = load_learned(zoo_name)
         return _mixture_task(model_name, gmm, model, torch.float32, samples,
-                             {"zoo_model": zoo_name, "sha256": model.card["sha256"]},
+                             {"zoo_model": zoo_name, "sha256": model.card["weights_sha256"]},
                              mmd_points)
     if model_name == "moons":
         from ..zoo.data import toy2d
