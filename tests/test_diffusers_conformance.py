@@ -224,8 +224,9 @@ LONG = [("DDIMScheduler", {**SD, "clip_sample": False}), ("EulerDiscreteSchedule
         ("DPMSolverMultistepScheduler", {**SD, "solver_order": 3}),
         ("DPMSolverMultistepScheduler", {**SD, "algorithm_type": "dpmsolver",
                                          "final_sigmas_type": "sigma_min"}),
-        ("UniPCMultistepScheduler", SD), ("DEISMultistepScheduler", {**SD, "solver_order": 3}),
-        ("LMSDiscreteScheduler", SD), ("DPMSolverSinglestepScheduler", {**SD, "solver_order": 3}),
+        ("UniPCMultistepScheduler", SD), ("UniPCMultistepScheduler", {**SD, "solver_order": 3}),
+        ("DEISMultistepScheduler", {**SD, "solver_order": 3}), ("LMSDiscreteScheduler", SD),
+        ("DPMSolverSinglestepScheduler", {**SD, "solver_order": 3}),
         ("SASolverScheduler", SD)]
 
 

@@ -149,6 +149,7 @@ def _unipc(cfg: Mapping[str, Any]) -> SolverChoice:
         "solver_order": int(cfg.get("solver_order", 2)),
         "variant": cfg.get("solver_type", "bh2"),
         "lower_order_final": bool(cfg.get("lower_order_final", True)),
+        "lower_order_final_always": True,  # X lowers its last orders on every grid
         "use_corrector": not disabled,
     }, frozenset({"solver_order", "solver_type", "lower_order_final"}
                  | ({"disable_corrector"} if not disabled else set())))

@@ -126,6 +126,8 @@ class UniPC(HistorySolver):
         variant: B(h) = h ("bh1") or e^h - 1 ("bh2", default, as diffusers).
         use_corrector: apply UniC after every step but the last (default True).
         lower_order_final: lower the order of the last steps on grids of fewer than 15 steps.
+        lower_order_final_always: with ``lower_order_final``, lower them on every grid
+            (diffusers' UniPCMultistepScheduler; its ``from_config`` choice).
         warmup: "lower_order" (the paper) or "singlestep".
 
     Declared order: p + 1 with the corrector (p without), min(p + 1, 3) with the paper's
@@ -138,9 +140,12 @@ class UniPC(HistorySolver):
     solver_order: int = 3
     variant: Variant = "bh2"
     use_corrector: bool = True
+    lower_order_final_always: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.name, "solver_order", self.solver_order, (1, 2, 3))
+        check_choice(self.name, "lower_order_final_always", self.lower_order_final_always,
+                     (True, False))
         check_choice(self.name, "variant", self.variant, ("bh1", "bh2"))
         check_choice(self.name, "use_corrector", self.use_corrector, (True, False))
         check_choice(self.name, "warmup", self.warmup, WARMUPS)
@@ -148,6 +153,11 @@ class UniPC(HistorySolver):
     @property
     def history_order(self) -> int:
         return int(self.solver_order)
+
+    @property
+    def final_lowering(self) -> bool | str:
+        return "always" if self.lower_order_final and self.lower_order_final_always \
+            else self.lower_order_final
 
     @property
     def nominal_order(self) -> int:  # UniC-p raises UniP-p by one (Thm. 3.1)
