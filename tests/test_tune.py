@@ -307,3 +307,62 @@ def test_bench_adds_a_tuned_row(artefact, tmp_path, monkeypatch) -> None:
     with pytest.raises(DiffsolveError, match="needs a tuned artefact"):
         runner.run_benchmark("toy", "dpmpp_2m,tuned", [5], 16, 0, tmp_path / "x",
                              progress=False, reference_nfe=None)
+
+
+def test_edm_scheduler_config_takes_a_tuned_artefact(tmp_path) -> None:
+    """EDMEulerScheduler's config + tuned=...: X's timesteps c_noise = log(sigma)/4 and its
+    initial noise, and the pipeline loop on the raw EDM network equals diffsolve.solve on the
+    artefact's grid from the same x_T (the digits model's path in
+    benchmarks/quality_adapter.py)."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffsolve.grids import make_grid
+    from diffsolve.integrations.diffusers import DiffsolveScheduler
+    from diffsolve.tools.tune import TunedEntry
+
+    class _F(nn.Module):  # an EDM network: F(c_in x, c_noise)
+        def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(x + 0.3 * c_noise.view(-1, 1))
+
+    sched = EDM(sigma_min=0.002, sigma_max=80.0)
+    model = Denoiser(_F(), sched, prediction="edm", sigma_data=0.5)
+    sig = make_grid("karras", 6, sched).sigmas.tolist()
+    art = TunedArtefact(model={"name": "edm-toy"}, best={"6": 0},
+                        entries=[TunedEntry(nfe=6, solver="dpmpp_3m", sigmas=sig)])
+    path = tmp_path / "edm.json"
+    art.save(path)
+    peer = diffusers.EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sch = DiffsolveScheduler.from_config(peer.config, tuned=str(path))
+    sch.set_timesteps(6)
+    pos = torch.tensor([s for s in sig if s > 0], dtype=torch.float64)
+    torch.testing.assert_close(sch.timesteps.double(), 0.25 * pos.log(), rtol=0, atol=1e-6)
+    assert sch.init_noise_sigma == pytest.approx(peer.init_noise_sigma)
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    x_t = x * sig[0]
+    y = x_t.clone()
+    with torch.no_grad():
+        for t in sch.timesteps:
+            y = sch.step(model.net(sch.scale_model_input(y, t), t.expand(4)), t, y).prev_sample
+        want = solve(model, x_t, art.entry(6).grid, get_solver("dpmpp_3m"), progress=False).x
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_adapter_plans_a_tuned_entry_with_per_pixel_statistics() -> None:
+    """The shipped digits artefact's DPM-Solver-v3 entries carry statistics of the sample
+    shape (1, 8, 8); the adapter's dry run over the grid must use that shape."""
+    diffusers = pytest.importorskip("diffusers")
+    from diffsolve.integrations.diffusers import DiffsolveScheduler
+    from diffsolve.stepper import evaluation_plan
+
+    art = shipped("digits")
+    if art is None:
+        pytest.skip("no shipped digits artefact")
+    e = art.entry(5)
+    solver = get_solver(e.solver, **art.solver_kwargs(e))
+    assert solver.feature_shape == (1, 8, 8)
+    assert len(evaluation_plan(solver, EDM(0.002, 80.0), e.grid)) == 5
+    peer = diffusers.EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.75)
+    sch = DiffsolveScheduler.from_config(peer.config, tuned="digits")
+    sch.set_timesteps(5)
+    assert sch.solver.name == e.solver and len(sch.timesteps) == 5

@@ -200,9 +200,9 @@ def evaluation_plan(solver: str | Solver, schedule: NoiseSchedule, grid: Grid, *
     """(solver step index, point) of every model evaluation on ``grid``, in order: a dry run on
     a 1-element state with a stand-in model (evaluation points never depend on x). The final
     denoising evaluation has step index = number of finite steps."""
-    x = torch.zeros(1, 1, dtype=torch.float64)
-    stepper = Stepper(solver, schedule, grid, x, noise=ZeroNoise(), denoise_final=denoise_final,
-                      **solver_options)
+    solver = get_solver(solver, **solver_options)
+    x = torch.zeros(1, *(solver.feature_shape or (1,)), dtype=torch.float64)
+    stepper = Stepper(solver, schedule, grid, x, noise=ZeroNoise(), denoise_final=denoise_final)
     plan = []
     while not stepper.done:
         xq, point = stepper.query

@@ -388,6 +388,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 else:
                     self._points.append(self.schedule.point(node_lams[-1]))
                     self._noop_tail = True
+        elif self._edm:
+            # a grid X did not build (tuned=...): X's timesteps are c_noise = log(sigma) / 4
+            # (Karras et al. 2022, Table 1), its initial noise X's own
+            self.timesteps = torch.tensor([0.25 * math.log(p.sigma_edm) for p in self._points],
+                                          dtype=torch.float32, device=device)
+            if self._peer is not None:
+                self.init_noise_sigma = float(self._peer.init_noise_sigma)
         else:
             t = torch.tensor([p.t * self._time_scale for p in self._points], dtype=torch.float64)
             rounded = t.round()

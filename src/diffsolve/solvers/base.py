@@ -207,6 +207,13 @@ class Solver(abc.ABC):
         """Initial solver state (e.g. empty history)."""
         return None
 
+    @property
+    def feature_shape(self) -> tuple[int, ...] | None:
+        """The one sample shape this configured solver accepts (e.g. per-feature model
+        statistics), or None if any; dry runs (:func:`~diffsolve.stepper.evaluation_plan`)
+        use it for their stand-in state."""
+        return None
+
     @abc.abstractmethod
     def step(self, i: int, x: Tensor, state: Any, plan: GridPlan, model: Denoiser,
              noise: NoiseSource) -> StepOutput:

@@ -226,6 +226,11 @@ class DPMSolverV3(Solver):
         statistics_shape_check(resolve_statistics(self.statistics), x)
         return {}
 
+    @property
+    def feature_shape(self) -> tuple[int, ...] | None:
+        shape = tuple(resolve_statistics(self.statistics).feature_shape)
+        return shape or None
+
     def step(self, i: int, x: Tensor, state: dict[int, tuple[Tensor, Tensor]], plan: GridPlan,
              model: Denoiser, noise: NoiseSource) -> StepOutput:
         st: V3Step = plan.extra[i]
