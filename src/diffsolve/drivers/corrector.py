@@ -58,8 +58,8 @@ that node's noise level (predictor-then-corrector, as in Song et al.'s Alg. 4/5)
 (:func:`corrected_nfe`, :func:`corrected_steps_for_nfe`); counted evaluations equal it
 (tested). Multistep solvers keep their history of denoiser outputs from before the
 correction. Noise: the corrector draws from its own per-sample streams keyed by
-(derive_seed(derive_seed(seed, offset + b), CORRECTOR_DOMAIN), node, m), so sample b depends
-only on (seed, offset + b) and never shares a draw with the solver's noise.
+seeds derive_seed(derive_seed(seed, offset + b), CORRECTOR_DOMAIN), step node * n_steps + m,
+so sample b depends only on (seed, offset + b) and never shares a draw with the solver.
 
 Why a loop of its own and not :func:`diffsolve.drivers.loop.integrate`: the corrector changes
 the state between solver steps, which the sampling loop's read-only hook deliberately does not
@@ -184,7 +184,9 @@ class LangevinCorrector:
         for m in range(self.n_steps):
             d = model.data(alpha * y, point)
             g = (d - y) / sig2  # (T)
-            z = noise.normal(y, step=node, draw=m, lam_from=point.lam, lam_to=point.lam)
+            # one stream key per step (draw 0): the streams cache consecutive steps per draw
+            z = noise.normal(y, step=node * self.n_steps + m, draw=0, lam_from=point.lam,
+                             lam_to=point.lam)
             if last is None:  # the first step at a level has no secant: (L)
                 pg, pg_half, pz = g, g, z
             else:
