@@ -51,9 +51,13 @@ PLAIN = ["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "dpm_solver_3", "dpmp
 PREDICTORS = ["euler", "heun", "dpmpp_2m"]
 CORRECTORS: dict[str, dict[str, Any]] = {
     "langevin[tau=0.5]": {"corrector": "langevin", "corrector_options": {"step_size": 0.5}},
+    "langevin[tau=0.5;n=2]": {"corrector": "langevin",
+                              "corrector_options": {"step_size": 0.5, "n_steps": 2}},
     "langevin[snr=0.16]": {"corrector": "langevin", "corrector_options": {"snr": 0.16}},
-    "lml[tau=0.5;n=2]": {"corrector": "lml",
-                         "corrector_options": {"step_size": 0.5, "n_steps": 2}},
+    "lml[tau=0.5;n=2;damping=0.1]": {"corrector": "lml", "corrector_options": {
+        "step_size": 0.5, "n_steps": 2, "damping": 0.1}},
+    "lml[tau=0.5;n=2;damping=0.01]": {"corrector": "lml", "corrector_options": {
+        "step_size": 0.5, "n_steps": 2, "damping": 0.01}},
 }
 
 
@@ -91,9 +95,13 @@ def experiment_a(seeds: list[int], samples: int) -> dict[str, Any]:
     chains: dict[str, Any] = {}
     methods: dict[str, Callable[[int], Any]] = {
         "langevin[tau=0.5]": lambda k: LangevinCorrector(step_size=0.5, n_steps=k),
-        "lml[tau=0.5]": lambda k: LMLCorrector(step_size=0.5, n_steps=k),
+        "lml[tau=0.5;damping=0.01]": lambda k: LMLCorrector(step_size=0.5, n_steps=k,
+                                                            damping=0.01),
+        "lml[tau=0.5;damping=0.1]": lambda k: LMLCorrector(step_size=0.5, n_steps=k,
+                                                           damping=0.1),
         "langevin[snr=0.16]": lambda k: LangevinCorrector(snr=0.16, n_steps=k),
-        "lml[snr=0.16]": lambda k: LMLCorrector(snr=0.16, n_steps=k),
+        "lml[snr=0.16;damping=0.01]": lambda k: LMLCorrector(snr=0.16, n_steps=k,
+                                                             damping=0.01),
     }
     for name, make in methods.items():
         rows = {}

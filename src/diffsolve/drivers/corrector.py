@@ -35,7 +35,11 @@ so the Hessian is the identity minus a positive semi-definite term that is low-r
 data are (the "inherent structure"). Two denoiser outputs at the same noise level give a
 secant pair (dx, dD = D(x~_k) - D(x~_{k-1})) with J_D dx ~ dD, and the rank-1 estimate
 J_1 = mu u u^T, u = dD/||dD||, mu = ||dD||^2 / <dD, dx> (in [0, 1) for Gaussian data,
-J_1 <= J_D: no extra evaluation). Levenberg-Marquardt damping adds lambda/sigma~^2 to H:
+J_1 <= J_D: no extra evaluation). Between the modes of a mixture Cov[x0 | x~] can exceed
+sigma~^2, so mu >= 1 and H is not positive along u: there the step falls back to the
+gradient (P = I), as Levenberg-Marquardt does far from a minimum (clamping mu below 1
+instead made the step blow up on the 2-D mixture). Levenberg-Marquardt damping adds
+lambda/sigma~^2 to H:
 
     H_lambda = ((1 + lambda) I - mu u u^T) / sigma~^2,
     M = H_lambda^{-1} = sigma~^2/(1 + lambda) (I + c u u^T),   c = mu / (1 + lambda - mu),
@@ -214,7 +218,7 @@ class LMLCorrector(LangevinCorrector):
     label: ClassVar[str] = "lml"
 
     n_steps: int = 2
-    damping: float = 0.01
+    damping: float = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -228,9 +232,12 @@ class LMLCorrector(LangevinCorrector):
                         ) -> tuple[Tensor, Tensor, Tensor]:
         """(P g, P^{1/2} g, P^{1/2} z) for the rank-1 secant estimate J_1 = mu u u^T."""
         curv, nd2 = _dot(dd, dx), _dot(dd, dd)
-        ok = (curv > 0) & (nd2 > 0)  # else no curvature information: P = I
-        mu = torch.where(ok, nd2 / curv.clamp_min(1e-300), torch.zeros_like(curv))
-        mu = mu.clamp(0.0, 1.0 - 1e-6)  # J_D = Cov[x0|x]/sigma^2 has eigenvalues in [0, 1)
+        mu = nd2 / curv.where(curv > 0, torch.ones_like(curv))
+        # mu in [0, 1): log p_sigma is concave along u. Else (no secant, or mu >= 1: between
+        # modes, where Cov[x0|x] > sigma^2 and H is not positive) the step is first order,
+        # the Levenberg-Marquardt fallback to the gradient
+        ok = (curv > 0) & (nd2 > 0) & (mu < 1.0)
+        mu = torch.where(ok, mu, torch.zeros_like(mu))
         u = dd / _norm(dd).clamp_min(1e-300)
         c = mu / (1.0 + self.damping - mu)  # Sherman-Morrison of H_lambda
         root = (1.0 + c).sqrt() - 1.0
