@@ -263,8 +263,10 @@ def plot(path: Path, res: dict[str, Any]) -> None:
     ax = axes[1]
     rows = res["C"]["rows"]
     methods = list(dict.fromkeys(r["method"] for r in rows.values()))
-    keep = [m for m in methods if m in ("dpmpp_2m", "unipc", "euler", "heun", "dpm_solver_3")
-            or ("+" in m and m.startswith(("euler", "heun")))]
+    keep = [m for m in methods if m in (
+        "euler", "heun", "dpmpp_2m", "unipc", "euler+langevin[tau=0.5]",
+        "euler+langevin[tau=0.5;n=2]", "euler+lml[tau=0.5;n=2;damping=0.1]",
+        "heun+lml[tau=0.5;n=2;damping=0.1]")]
     for m in keep:
         pts = sorted((r["nfe"], r["mode_kl"]) for r in rows.values() if r["method"] == m)
         ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts],
