@@ -24,7 +24,7 @@ from diffsolve.drivers.corrector import (
 )
 from diffsolve.drivers.dmcmc import dmcmc_sample, level_grid
 from diffsolve.schedules import EDM, VPLinear
-from diffsolve.solvers import get_solver
+from diffsolve.solvers import get_solver, list_solvers
 from diffsolve.zoo import GaussianMixture
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -99,18 +99,22 @@ def test_lml_without_secant_curvature_is_langevin():
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("solver", ["euler", "heun", "dpmpp_2m", "dpmpp_2m_sde"])
 @pytest.mark.parametrize("corrector", ["langevin", "lml"])
-def test_corrected_cost_is_counted_and_within_budget(solver, corrector):
+def test_every_solver_takes_a_corrector_with_its_cost_counted(corrector):
+    # the corrector wraps every registered solver; evaluations counted == declared <= budget,
+    # with the largest grid that fits
     gmm = GaussianMixture.default_2d()
     model = gmm.denoiser(EDM(0.002, 80.0))
-    corr = make_corrector(corrector, n_steps=2)
-    res = corrected_sample(model, (4, 2), solver=solver, corrector=corr, nfe=23,
-                           dtype=torch.float64)
-    steps = corrected_steps_for_nfe(get_solver(solver), corr, 23)
-    declared = corrected_nfe(get_solver(solver), corr, steps - 1, denoise_final=True)
-    assert res.nfe == declared <= 23
-    assert declared + corr.evaluations + get_solver(solver).steady_evaluations > 23
+    corr = make_corrector(corrector, step_size=0.5, n_steps=2)
+    for name in list_solvers():
+        solver = get_solver(name)
+        res = corrected_sample(model, (4, 2), solver=name, corrector=corr, nfe=30,
+                               dtype=torch.float64)
+        steps = corrected_steps_for_nfe(solver, corr, 30)
+        declared = corrected_nfe(solver, corr, steps - 1, denoise_final=True)
+        assert res.nfe == declared <= 30, name
+        assert corrected_nfe(solver, corr, steps, denoise_final=True) > 30, name
+        assert torch.isfinite(res.x).all(), name
 
 
 def test_corrected_sample_is_batch_split_invariant():
