@@ -178,8 +178,8 @@ def experiment_c(task: Any, seeds: list[int], samples: int, nfes: list[int]) -> 
         for solver in PLAIN:
             per = []
             for s in seeds:
-                r = diffsolve.sample(model, (samples, 2), solver=solver, nfe=nfe, seed=s,
-                                     dtype=torch.float64, progress=False)
+                r = diffsolve.sample(model, (samples, *task.shape), solver=solver, nfe=nfe,
+                                     seed=s, dtype=task.dtype, progress=False)
                 per.append(_score(task, r.x, s))
             rows[f"{solver}|{nfe}"] = {"method": solver, "budget": nfe, "nfe": r.nfe,
                                        **_agg(per)}
@@ -187,8 +187,8 @@ def experiment_c(task: Any, seeds: list[int], samples: int, nfes: list[int]) -> 
             for cname, ckw in CORRECTORS.items():
                 per = []
                 for s in seeds:
-                    r = corrected_sample(model, (samples, 2), solver=pred, nfe=nfe, seed=s,
-                                         dtype=torch.float64, **ckw)
+                    r = corrected_sample(model, (samples, *task.shape), solver=pred, nfe=nfe,
+                                         seed=s, dtype=task.dtype, **ckw)
                     per.append(_score(task, r.x, s))
                 rows[f"{pred}+{cname}|{nfe}"] = {"method": f"{pred}+{cname}", "budget": nfe,
                                                  "nfe": r.nfe, **_agg(per)}
@@ -203,7 +203,7 @@ def _fmt(ci: dict[str, Any] | None, digits: int = 4) -> str:
 
 
 def write_readme(path: Path, res: dict[str, Any]) -> None:
-    a, b, c = res["A"], res["B"], res["C"]
+    a, b = res["A"], res["B"]
     lines = ["# Correctors and Denoising MCMC: measured", "",
              f"Written by `benchmarks/correctors.py` ({res['samples']} samples, seeds "
              f"{res['seeds']}, mean ± 95 % CI over seeds). Maths: `docs/correctors.md`.", "",
@@ -228,19 +228,27 @@ def write_readme(path: Path, res: dict[str, Any]) -> None:
     for name, row in sorted(b["rows"].items(), key=lambda kv: kv[1]["nfe"]):
         lines.append(f"| {name} | {row['nfe']:g} | "
                      + " | ".join(_fmt(row[m]) for m in METRICS) + " |")
-    lines += ["", "## C. Predictor + corrector vs plain solvers on the 2-D mixture", "",
-              "mode_kl (mode-resolved KL, lower is better); NFE = evaluations used.", ""]
-    budgets = sorted({r["budget"] for r in c["rows"].values()})
-    methods = list(dict.fromkeys(r["method"] for r in c["rows"].values()))
-    lines += ["| method | " + " | ".join(f"{n} (NFE used)" for n in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
+    for key in [k for k in res if k == "C" or k.startswith("C:")]:
+        model = key[2:] or "gmm"
+        lines += ["", f"## C. Predictor + corrector vs plain solvers on `{model}`", "",
+                  "mode_kl (mode-resolved KL against the exact mixture, lower is better); "
+                  "NFE = evaluations used.", ""]
+        lines += _c_table(res[key]["rows"])
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _c_table(rows: dict[str, Any]) -> list[str]:
+    budgets = sorted({r["budget"] for r in rows.values()})
+    methods = list(dict.fromkeys(r["method"] for r in rows.values()))
+    lines = ["| method | " + " | ".join(f"{n} (NFE used)" for n in budgets) + " |",
+             "|---|" + "---|" * len(budgets)]
     for m in methods:
         cells = []
         for n in budgets:
-            r = c["rows"].get(f"{m}|{n}")
+            r = rows.get(f"{m}|{n}")
             cells.append("n/a" if r is None else f"{_fmt(r['mode_kl'])} ({r['nfe']})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    path.write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def plot(path: Path, res: dict[str, Any]) -> None:
@@ -290,6 +298,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--nfe", default="10,20,40")
     p.add_argument("--only", default="ABC", help="experiments to (re)run; others are read back")
+    p.add_argument("--c-model", default="gmm", help="model of experiment C (gmm, gmm-learned-2d)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +316,10 @@ def main() -> None:
         res["B"] = experiment_b(task, gmm, seeds, args.samples)
         path.write_text(json.dumps(res, indent=1))
     if "C" in args.only:
-        res["C"] = experiment_c(task, seeds, args.samples, [int(n) for n in args.nfe.split(",")])
+        c_task = task if args.c_model == "gmm" else make_task(args.c_model, args.samples)
+        key = "C" if args.c_model == "gmm" else f"C:{args.c_model}"
+        res[key] = experiment_c(c_task, seeds, args.samples,
+                                [int(n) for n in args.nfe.split(",")])
     res["seconds"] = time.perf_counter() - t0
     path.write_text(json.dumps(res, indent=1))
     write_readme(out / "README.md", res)
