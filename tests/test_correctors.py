@@ -249,10 +249,3 @@ def test_predictor_plus_lml_stays_stable_on_the_mixture():
     mr = mode_resolved(res.x, gmm)
     assert mr["var_ratio"] < 1.8 and mr["weight_tv"] < 0.1  # measured 1.28 / 0.03
 
-
-def test_learned_mixture_bench_task_builds():
-    # the corrector bench row on gmm-learned-2d needs it; the card key is weights_sha256
-    from diffsolve.bench.tasks import make_task
-
-    task = make_task("gmm-learned-2d", 10, mmd_points=None)
-    assert len(task.setup["sha256"]) == 64

@@ -142,6 +142,10 @@ def test_mode_resolved_recovers_parameters_and_flags_a_missing_mode():
     wide = mode_resolved(_perturbed("wider").sample(200_000, torch.Generator().manual_seed(4)),
                          _GMM)
     assert abs(wide["var_ratio"] - 1.21) < 0.02
+    # fewer samples than any mode's covariance needs: every mode missing, no division by 0
+    few = mode_resolved(_GMM.sample(2, torch.Generator().manual_seed(5)), _GMM)
+    assert few["missing_modes"] == _GMM.n_components and few["mode_kl"] == math.inf
+    assert math.isnan(few["var_ratio"]) and math.isnan(few["mean_err"])
 
 
 def test_grid_divergences_of_exact_cell_probabilities_are_zero():

@@ -573,3 +573,30 @@ def test_kdiffusion_adapter():
     ref = solve(gmm.denoiser(EDM(0.2, 20.0)), x, Grid.from_sigmas(sigmas), "sa_solver",
                 noise=3, lower_order_final=False, progress=False).x
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_diffusers_options_noise_every_step_and_orders_lowered_on_every_grid():
+    """``noise_every_step`` draws the step's noise also where tau = 0 (a sequential generator
+    is consumed once per step, as diffusers' SASolverScheduler does); with
+    ``lower_order_final_always`` the last orders are lowered on 20 steps too; ``tau_point``
+    moves tau to the interval's start."""
+    schedule = EDM(0.002, 80.0)
+    model = GaussianMixture.random(d=2, k=3, seed=0).denoiser(schedule)
+    grid = _grid(12, schedule, sigma_max=80.0, sigma_min=0.01)
+    x = torch.randn(2, 2, dtype=torch.float64) * 80.0
+    rec = RecordingNoise(ZeroNoise())
+    solve(model, x, grid, "sa_solver", noise=rec, progress=False, noise_every_step=True)
+    assert [r.step for r in rec.requests] == list(range(12))
+    default = get_solver("sa_solver", predictor_order=3, corrector_order=4)
+    always = get_solver("sa_solver", predictor_order=3, corrector_order=4,
+                        lower_order_final_always=True)
+    assert default.predictor_orders(20, False)[-3:] == [3, 3, 3]
+    assert always.predictor_orders(20, False)[-3:] == [3, 2, 1]
+    assert always.corrector_orders(20, False)[-3:] == [4, 3, 2]
+    start = get_solver("sa_solver", tau=lambda s: 1.0 if s > 1.0 else 0.0, tau_point="start")
+    end = get_solver("sa_solver", tau=lambda s: 1.0 if s > 1.0 else 0.0)
+    p_start = start.plan(schedule, grid.finite_lams())
+    p_end = end.plan(schedule, grid.finite_lams())
+    sig = [p.sigma_edm for p in p_start.points]
+    assert [c.tau for c in p_start.extra] == [1.0 if s > 1.0 else 0.0 for s in sig[:-1]]
+    assert [c.tau for c in p_end.extra] == [1.0 if s > 1.0 else 0.0 for s in sig[1:]]

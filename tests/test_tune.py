@@ -235,3 +235,75 @@ def test_cli_uses_the_shipped_artefact_by_default_and_says_so(tmp_path, capsys) 
     assert main(["sample", "--model", "digits", "--nfe", "7", "--n", "4", "--quiet",
                  "--out", str(out)]) == 0
     assert "tuned" not in capsys.readouterr().err
+
+
+def test_generate_takes_a_tuned_artefact_and_records_it(artefact, tmp_path) -> None:
+    from diffsolve.tools.generate import generate, load_samples
+
+    art, path = artefact
+    e = art.entry(5)
+    res = generate(_model(), 12, tmp_path / "g", nfe=5, tuned=path, shard_size=6, seed=3,
+                   shape=(2,), dtype=torch.float64)
+    cfg = res.manifest["config"]
+    assert cfg["solver"] == e.solver and cfg["grid"] == "tuned"
+    assert cfg["tuned"]["sigmas"] == pytest.approx(list(e.sigmas))
+    # the shards hold exactly what sample() makes on the artefact (sample i keyed (seed, i))
+    want = sample(_model(), (12, 2), nfe=5, grid=path, seed=3, dtype=torch.float64,
+                  progress=False).x
+    got = load_samples(tmp_path / "g")[0]
+    torch.testing.assert_close(got, want.float())
+    with pytest.raises(DiffsolveError, match="nfe"):
+        generate(_model(), 4, tmp_path / "h", steps=4, tuned=path, shape=(2,))
+    with pytest.raises(SolverOptionError, match="tuned budgets: 5, 8"):
+        generate(_model(), 4, tmp_path / "i", nfe=6, tuned=path, shape=(2,))
+
+
+def test_cli_generate_uses_the_shipped_artefact_and_says_so(tmp_path, capsys) -> None:
+    if shipped("digits") is None:
+        pytest.skip("no shipped digits artefact")
+    from diffsolve.cli import main
+
+    assert main(["generate", "--model", "digits", "--nfe", "5", "--n", "4", "--quiet",
+                 "--out", str(tmp_path / "a")]) == 0
+    assert "using the shipped tuned grid for digits at 5 NFE" in capsys.readouterr().err
+    cfg = json.loads((tmp_path / "a" / "manifest.json").read_text())["config"]
+    assert cfg["grid"] == "tuned" and cfg["solver"] == shipped("digits").entry(5).solver
+    assert main(["generate", "--model", "digits", "--nfe", "5", "--n", "4", "--quiet",
+                 "--no-tuned", "--out", str(tmp_path / "b")]) == 0
+    assert "tuned" not in capsys.readouterr().err
+    cfg = json.loads((tmp_path / "b" / "manifest.json").read_text())["config"]
+    assert cfg["grid"] == "karras" and "tuned" not in cfg
+
+
+def test_bench_adds_a_tuned_row(artefact, tmp_path, monkeypatch) -> None:
+    """``run_benchmark(..., tuned=FILE)``: the row 'tuned' runs the artefact's entry at each of
+    its budgets (same numbers as sample() on it) and is skipped where it has none."""
+    from diffsolve.bench import runner
+    from diffsolve.bench.tasks import BenchTask
+
+    art, path = artefact
+    model = _model()
+
+    def evaluate(x: torch.Tensor, seed: int = 0) -> dict:
+        return {"mean_x": float(x.double().mean())}
+
+    task = BenchTask(name="toy", model=model, shape=(2,), dtype=torch.float64,
+                     evaluate=evaluate, metrics=("mean_x",), setup={},
+                     floor=lambda s: {"mean_x": 0.0})
+    monkeypatch.setattr(runner, "make_task", lambda *a, **k: task)
+    monkeypatch.setattr(runner, "MODELS", (*runner.MODELS, "toy"))
+    res = runner.run_benchmark("toy", "dpmpp_2m", [5, 6], 16, 0, tmp_path, progress=False,
+                               reference_nfe=None, n_seeds=2, tuned=path)
+    data = json.loads((tmp_path / "results.json").read_text())
+    cells = {(c["solver"], c["nfe"], c["seed"]): c for c in data["cells"].values()}
+    t5 = cells[("tuned", 5, 1)]
+    assert t5["status"] == "ok" and t5["tuned_solver"] == art.entry(5).solver
+    want = sample(model, (16, 2), nfe=5, grid=path, seed=1, dtype=torch.float64,
+                  progress=False).x.detach()
+    assert t5["metrics"]["mean_x"] == pytest.approx(float(want.mean()), abs=1e-12)
+    assert cells[("tuned", 6, 0)]["status"] == "skipped"
+    assert "tuned" in (tmp_path / "report.md").read_text()
+    assert res["failures"] == []
+    with pytest.raises(DiffsolveError, match="needs a tuned artefact"):
+        runner.run_benchmark("toy", "dpmpp_2m,tuned", [5], 16, 0, tmp_path / "x",
+                             progress=False, reference_nfe=None)

@@ -4,8 +4,8 @@ from the tiny random parts of tests/test_diffusers.py), guidance 7.5, txt2img an
 strength 0.3 / 0.5 / 1.0; final latents compared.
 
 Run from the repository root:
-    PYTHONPATH=src:tests python benchmarks/diffusers_conformance/pipelines.py [STEPS]
-Prints one markdown row per scheduler: max abs / max relative difference.
+    PYTHONPATH=src:tests python benchmarks/diffusers_conformance/pipelines.py [STEPS [LABEL ...]]
+Prints one markdown row per scheduler (or per LABEL given): max abs / max relative difference.
 """
 
 from __future__ import annotations
@@ -49,6 +49,16 @@ def schedulers(sd: dict) -> list:
             **sd, prediction_type="v_prediction", timestep_spacing="trailing",
             rescale_betas_zero_snr=True)),
         ("DEIS", diffusers.DEISMultistepScheduler(**sd)),
+        ("KDPM2", diffusers.KDPM2DiscreteScheduler(**sd)),
+        ("KDPM2Ancestral", diffusers.KDPM2AncestralDiscreteScheduler(**sd)),
+        ("DPMSolverSinglestep", diffusers.DPMSolverSinglestepScheduler(**sd)),
+        ("DPMSolverSinglestep order 3", diffusers.DPMSolverSinglestepScheduler(
+            **sd, solver_order=3)),
+        ("SASolver", diffusers.SASolverScheduler(**sd)),
+        ("SASolver (3, 4)", diffusers.SASolverScheduler(**sd, predictor_order=3,
+                                                        corrector_order=4)),
+        ("EDMEuler", diffusers.EDMEulerScheduler()),
+        ("EDMDPMSolverMultistep", diffusers.EDMDPMSolverMultistepScheduler()),
     ]
 
 
@@ -66,7 +76,10 @@ def main() -> None:
              "safety_checker": None, "feature_extractor": None,
              "requires_safety_checker": False}
     img = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    only = set(sys.argv[2:])
     for label, sch in schedulers(parts_of.SD_BETAS):
+        if only and label not in only:
+            continue
         row = []
         for mode in ("txt2img", 0.3, 0.5, 1.0):
             if mode != "txt2img" and label.startswith("PNDM"):

@@ -44,7 +44,8 @@ def main() -> None:
                 b = conf.pipeline_loop(ours, net, noise, STEPS, strength=strength, image=image,
                                        mu=mu)
             row.append(f"{float((a - b).abs().max()):.1e} / {conf.rel_diff(a, b):.1e}")
-        print(f"| {i} {name.replace('Scheduler', '')} {cfg} | " + " | ".join(row) + " |",
+        shown = {k: (v.__name__ if callable(v) else v) for k, v in cfg.items()}
+        print(f"| {i} {name.replace('Scheduler', '')} {shown} | " + " | ".join(row) + " |",
               flush=True)
 
 

@@ -136,6 +136,15 @@ def _add_solver_args(p: argparse.ArgumentParser) -> None:
                    "for sample; cuda:LOCAL_RANK if available for generate)%(default).0s")
 
 
+def _add_tuned_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tuned", default=None, metavar="FILE",
+                   help="a tuned artefact (diffsolve tune): its grid, solver and options at "
+                   "--nfe%(default).0s")
+    p.add_argument("--no-tuned", action="store_true",
+                   help="do not use the tuned grid shipped for the model (the default when "
+                   "--grid is karras and the model has one at that budget)")
+
+
 def _solver_options(args: argparse.Namespace) -> dict[str, Any]:
     """Options from --option and --solver-options, checked against the solver (names, types)
     before any model is loaded."""
@@ -403,7 +412,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else f"results/{args.model}"
     res = run_benchmark(args.model, args.solvers, nfes, samples, args.seed, out,
                         progress=not args.quiet, grid=args.grid, device=args.device,
-                        n_seeds=args.seeds)
+                        n_seeds=args.seeds, tuned=args.tuned)
     s = res["summary"]
     print(json.dumps({"model": args.model, "computed": res["computed"],
                       "reused": res["reused"], "metric": s["metric"],
@@ -423,15 +432,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import os
 
     from .tools.generate import generate
+    from .tools.tune import cli_grid
 
     opts = _solver_options(args)
     nfe = args.nfe if args.nfe is not None else DEFAULT_NFE
-    res = generate(args.model, args.n, args.out, solver=args.solver, nfe=nfe, grid=args.grid,
-                   seed=args.seed, shard_size=args.shard_size, device=args.device,
+    grid, tuned_note = cli_grid(args, args.model, nfe)
+    if tuned_note and int(os.environ.get("RANK", "0")) == 0:
+        print(f"diffsolve generate: {tuned_note}", file=sys.stderr)
+    res = generate(args.model, args.n, args.out, solver=args.solver, nfe=nfe,
+                   grid=args.grid if tuned_note else grid,
+                   tuned=grid if tuned_note else None, seed=args.seed,
+                   shard_size=args.shard_size, device=args.device,
                    solver_options=opts, retry_failed=args.retry_failed,
                    image_format=args.format, progress=not args.quiet)
     if res.nfe is not None:
-        _nfe_note("diffsolve generate", args.solver, nfe, res.nfe)
+        used = res.manifest.get("config", {}).get("solver", args.solver)
+        _nfe_note("diffsolve generate", used, nfe, res.nfe)
     if int(os.environ.get("RANK", "0")) == 0:
         m = res.manifest
         print(json.dumps({"out": str(res.out), "status": m["status"], "n_done": m["n_done"],
@@ -504,12 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default="karras", help="time-step grid name (karras, "
                    "uniform_lambda, uniform_t, quadratic_t, polyexponential) or a searched-"
                    "grid JSON file (diffsolve.grid_search)")
-    p.add_argument("--tuned", default=None, metavar="FILE",
-                   help="a tuned artefact (diffsolve tune): its grid, solver and options at "
-                   "--nfe%(default).0s")
-    p.add_argument("--no-tuned", action="store_true",
-                   help="do not use the tuned grid shipped for the model (the default when "
-                   "--grid is karras and the model has one at that budget)")
+    _add_tuned_args(p)
     p.add_argument("--n", type=_int_type(1), default=64,
                    help="number of samples (gmm/moons: use a few thousand)")
     p.add_argument("--out", default="samples.png", help="output image path (without a "
@@ -532,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "training folder")
     _add_solver_args(g)
     g.add_argument("--grid", default="karras", help="time-step grid name")
+    _add_tuned_args(g)
     g.add_argument("--n", "--num-samples", dest="n", type=_int_type(1), default=50000,
                    help="number of samples (under torchrun write --num-samples: torchrun's "
                    "own parser rejects --n as an ambiguous abbreviation)")
@@ -564,6 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=_int_type(1, 100), default=3,
                    help="seeds per cell (results as mean and 95%% interval)")
     b.add_argument("--grid", default="karras", help="time-step grid name")
+    b.add_argument("--tuned", default=None, metavar="FILE|MODEL",
+                   help="a tuned artefact (diffsolve tune), or a built-in model name for the "
+                   "shipped one: adds the row 'tuned' (its solver and grid at each of its "
+                   "budgets)")
     b.add_argument("--device", default="cpu", help="sampling device (metrics run on CPU)")
     b.add_argument("--out", default=None, help="output folder (default: results/MODEL); "
                    "cells already in its results.json are reused%(default).0s")

@@ -13,6 +13,8 @@ from torch import Tensor
 
 from ..core.errors import NonFiniteError, SolverOptionError
 from ..drivers.loop import sample, steps_for_nfe
+from ..drivers.tuned import load_tuned
+from ..solvers import Solver, get_solver
 from .metrics import ode_error
 from .solver_spec import build
 from .store import now
@@ -21,6 +23,9 @@ from .tasks import BenchTask
 REFERENCE_SOLVER = "dpm_solver_3"
 DEFAULT_REFERENCE_NFE = 301
 REFERENCE_CHECK_SAMPLES = 100
+#: the row label of a tuned artefact (``diffsolve bench --tuned FILE``): at each budget the
+#: artefact's own solver, options and grid (:mod:`diffsolve.drivers.tuned`)
+TUNED_ROW = "tuned"
 
 
 def _sync(device: str) -> None:
@@ -28,11 +33,29 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def row_setup(spec: str, nfe: int, grid: str, tuned: str | None
+              ) -> tuple[Solver, Any, Any, int]:
+    """(configured solver, ``solver=`` and ``grid=`` arguments of :func:`diffsolve.sample`,
+    steps) of a bench row at ``nfe``. The :data:`TUNED_ROW` takes the artefact's entry at
+    ``nfe`` (its solver on its grid); raises SolverOptionError when a budget cannot be met
+    (below the solver's minimum, or no tuned entry)."""
+    if spec == TUNED_ROW:
+        if tuned is None:
+            raise SolverOptionError("the 'tuned' row needs a tuned artefact (--tuned FILE)")
+        art = load_tuned(tuned)
+        entry = art.entry(nfe)
+        return get_solver(entry.solver, **art.solver_kwargs(entry)), entry.solver, art, \
+            int(entry.grid.steps)
+    inst = build(spec)
+    return inst, inst, grid, steps_for_nfe(inst, nfe)
+
+
 def draw(task: BenchTask, solver: str, n: int, seed: int, grid: str, device: str,
-         *, nfe: int) -> Tensor:
-    """n samples of ``task`` with ``solver`` at ``nfe``."""
+         *, nfe: int, tuned: str | None = None) -> Tensor:
+    """n samples of ``task`` with the row ``solver`` at ``nfe``."""
+    _, solver_arg, grid_arg, _ = row_setup(solver, nfe, grid, tuned)
     with torch.no_grad():
-        res = sample(task.model, (n, *task.shape), solver=build(solver), nfe=nfe, grid=grid,
+        res = sample(task.model, (n, *task.shape), solver=solver_arg, nfe=nfe, grid=grid_arg,
                      seed=seed, dtype=task.dtype, device=device, progress=False)
     return res.x
 
@@ -62,28 +85,44 @@ def ode_reference(task: BenchTask, samples: int, seed: int, grid: str, device: s
     return x_ref, info
 
 
+def _declared(inst: Solver) -> dict[str, Any]:
+    return {"stochastic": bool(inst.stochastic), "order": int(inst.order),
+            "nfe_per_step": int(inst.steady_evaluations)}
+
+
 def run_cell(task: BenchTask, solver: str, nfe: int, samples: int, seed: int, grid: str,
              device: str, setup: dict[str, Any],
-             reference: Callable[[], Tensor] | None) -> dict[str, Any]:
+             reference: Callable[[], Tensor] | None, *, tuned: str | None = None
+             ) -> dict[str, Any]:
     """Sample, time and score one cell. ``nfe_used`` is the model's own evaluation counter
     (``SampleResult.nfe``), never a declared cost; ``over_budget`` flags a run that used more
     evaluations than the budget. Status: ok / skipped (budget below the solver's minimum) /
-    failed (non-finite samples) / error (the solver raised; recomputed on resume)."""
-    inst = build(solver)  # the configured solver declares its order and cost
+    failed (non-finite samples) / error (the solver raised; recomputed on resume).
+    ``tuned``: the artefact of the :data:`TUNED_ROW` (see :func:`row_setup`)."""
     cell: dict[str, Any] = {
         "model": task.name, "solver": solver, "nfe": nfe, "samples": samples, "seed": seed,
-        "stochastic": bool(inst.stochastic), "order": int(inst.order),
-        "nfe_per_step": int(inst.steady_evaluations), "setup": setup}
-    try:
-        steps = steps_for_nfe(inst, nfe)
+        "setup": setup}
+    try:  # the configured solver declares its order and cost
+        inst, solver_arg, grid_arg, steps = row_setup(solver, nfe, grid, tuned)
     except SolverOptionError as e:
+        if solver == TUNED_ROW and tuned is not None:  # no entry at nfe: describe its first
+            inst = row_setup(solver, load_tuned(tuned).budgets[0], grid, tuned)[0]
+        elif solver == TUNED_ROW:
+            raise
+        else:
+            inst = build(solver)
+        cell.update(_declared(inst))
         return {**cell, "status": "skipped", "reason": str(e), "computed_at": now()}
+    cell.update(_declared(inst))
+    if solver == TUNED_ROW:
+        cell["tuned_solver"] = inst.name
     _sync(device)
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            res = sample(task.model, (samples, *task.shape), solver=inst, nfe=nfe, grid=grid,
-                         seed=seed, dtype=task.dtype, device=device, progress=False)
+            res = sample(task.model, (samples, *task.shape), solver=solver_arg, nfe=nfe,
+                         grid=grid_arg, seed=seed, dtype=task.dtype, device=device,
+                         progress=False)
         _sync(device)
     except NonFiniteError as e:
         return {**cell, "status": "failed", "reason": str(e), "steps": steps,

@@ -150,6 +150,8 @@ def mode_resolved(x: Tensor, gmm: GaussianMixture) -> dict[str, Any]:
         w_present += float(w[k])
         mode_kl += float(w_hat[k]) * _gauss_kl(m, c, mu[k], cov[k])
         per.append({"weight": float(w_hat[k]), "mean_err": me, "var_ratio": vr})
+    if w_present == 0.0:  # too few samples for any mode's covariance: nothing resolved
+        mode_kl, mean_err, var_ratio, w_present = math.inf, math.nan, math.nan, 1.0
     return {"mode_kl": mode_kl, "weight_tv": 0.5 * float((w_hat - w).abs().sum()),
             "mean_err": mean_err / w_present, "var_ratio": var_ratio / w_present,
             "missing_modes": missing, "per_component": per}

@@ -100,7 +100,7 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
 
 
 def write_sample_grids(out: Path, task: BenchTask, solvers: Sequence[str], nfe: int, seed: int,
-                       grid: str, device: str) -> list[Path]:
+                       grid: str, device: str, *, tuned: str | None = None) -> list[Path]:
     """``samples_<solver>.png`` (characters other than letters, digits, ``_.-`` of a solver
     spec replaced by ``_``): the first 32 samples (same seeds as the run) at ``nfe``.
     Existing files are kept; solvers that cannot run at ``nfe`` are left out."""
@@ -114,7 +114,7 @@ def write_sample_grids(out: Path, task: BenchTask, solvers: Sequence[str], nfe: 
         p = out / f"samples_{re.sub(r'[^A-Za-z0-9_.-]', '_', s)}.png"
         if not p.exists():
             try:
-                x = draw(task, s, GRID_SAMPLES, seed, grid, device, nfe=nfe)
+                x = draw(task, s, GRID_SAMPLES, seed, grid, device, nfe=nfe, tuned=tuned)
             except (SolverOptionError, NonFiniteError):
                 continue
             imgs = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2)[:, 0]  # (N, H, W)

@@ -32,8 +32,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.errors import DiffsolveError
+from ..drivers.tuned import load_tuned
 from ..solvers import list_solvers
-from .cells import DEFAULT_REFERENCE_NFE, ode_reference, run_cell
+from .cells import DEFAULT_REFERENCE_NFE, TUNED_ROW, ode_reference, run_cell
 from .plots import plot_metric_vs_nfe, write_sample_grids
 from .report import write_report
 from .solver_spec import build
@@ -63,7 +64,8 @@ def _resolve_solvers(solvers: str | Sequence[str]) -> list[str]:
     if not names:
         raise DiffsolveError("no solvers given")
     for name in names:
-        build(name)  # raises with suggestions for an unknown name or option
+        if name != TUNED_ROW:
+            build(name)  # raises with suggestions for an unknown name or option
     return names
 
 
@@ -82,7 +84,7 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
                   progress: bool = True, *, grid: str = "karras", device: str = "cpu",
                   reference_nfe: int | None = DEFAULT_REFERENCE_NFE,
                   grid_nfe: int | None = None, n_seeds: int = DEFAULT_SEEDS,
-                  mmd_points: int | None = MMD_POINTS,
+                  mmd_points: int | None = MMD_POINTS, tuned: str | None = None,
                   on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Benchmark ``solvers`` x ``nfes`` x seeds on ``model_name``; write results, report, plots.
 
@@ -106,6 +108,9 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
         n_seeds: seeds per cell (>= 1; 3 or more for meaningful intervals).
         mmd_points: rows per set of the mixture models' MMD (None: skip the MMD, the
             costliest metric, e.g. for long NFE sweeps).
+        tuned: a tuned artefact (``diffsolve tune``; a path or a shipped model name): adds the
+            row ``tuned`` (the artefact's solver, options and grid at each of its budgets;
+            budgets it lacks are skipped) next to the solvers on ``grid``.
         on_cell: called with every newly computed cell run after results.json is written.
 
     Returns:
@@ -120,6 +125,17 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
         raise DiffsolveError(f"unknown benchmark model {model_name!r}; choose from "
                              f"{list(MODELS)}")
     names = _resolve_solvers(solvers)
+    tuned_id: dict[str, Any] | None = None
+    if tuned is not None:
+        art = load_tuned(tuned)  # a bad file fails here, before anything is computed
+        tuned_id = {"budgets": art.budgets,
+                    "weights_sha256": art.model.get("weights_sha256"),
+                    "entries": [[e.nfe, e.solver, list(e.sigmas)]
+                                for e in (art.entry(n) for n in art.budgets)]}
+        names = [*[n for n in names if n != TUNED_ROW], TUNED_ROW]
+    elif TUNED_ROW in names:
+        raise DiffsolveError("the solver row 'tuned' needs a tuned artefact (tuned=FILE, "
+                             "--tuned FILE)")
     budgets = sorted({int(n) for n in nfes})
     if not budgets or budgets[0] < 1:
         raise DiffsolveError(f"NFE budgets must be positive integers, got {list(nfes)}")
@@ -135,6 +151,7 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
     task = make_task(model_name, samples, mmd_points=mmd_points)
     setup = {"grid": grid, "dtype": str(task.dtype).replace("torch.", ""),
              "reference_nfe": reference_nfe, **task.setup}
+    tuned_setup = {**setup, "tuned": tuned_id}  # a changed artefact recomputes its cells
     versions, hardware = environment()
     results.update({
         "format": FORMAT, "versions": versions, "hardware": hardware,
@@ -143,6 +160,7 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
                   "floor_data": [s + BASELINE_SEED_OFFSET for s in seeds]},
         "config": {"model": model_name, "solvers": names, "nfe": budgets, "samples": samples,
                    "seed": seed, "seeds": seeds, "grid": grid, "device": device,
+                   "tuned": None if tuned is None else str(tuned),
                    "setup": setup, "primary_metric": task.primary,
                    "metrics": list(task.metrics), "updated_at": now()}})
     runs: dict[str, Any] = results.setdefault("cells", {})
@@ -183,11 +201,12 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
         bar.set_postfix_str(f"{solver} @ {nfe} NFE, seed {s}")
         key = cell_key(model_name, solver, nfe, samples, s)
         old = runs.get(key)
-        if old is not None and old.get("setup") == setup and old.get("status") != "error":
+        cell_setup = tuned_setup if solver == TUNED_ROW else setup
+        if old is not None and old.get("setup") == cell_setup and old.get("status") != "error":
             reused += 1
             continue
-        cell = run_cell(task, solver, nfe, samples, s, grid, device, setup,
-                        reference_for(s) if reference_nfe else None)
+        cell = run_cell(task, solver, nfe, samples, s, grid, device, cell_setup,
+                        reference_for(s) if reference_nfe else None, tuned=tuned)
         runs[key] = cell
         write_json_atomic(path, results)
         computed += 1
@@ -221,6 +240,6 @@ def run_benchmark(model_name: str, solvers: str | Sequence[str], nfes: Sequence[
         nfe_g = grid_nfe if grid_nfe is not None else (
             20 if 20 in budgets else budgets[len(budgets) // 2])
         written["sample_grids"] = [str(p) for p in write_sample_grids(
-            out, task, names, nfe_g, seed, grid, device)]
+            out, task, names, nfe_g, seed, grid, device, tuned=tuned)]
     return {"paths": written, "computed": computed, "reused": reused, "runs": len(used),
             "failures": failures, "summary": summary}

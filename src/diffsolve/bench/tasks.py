@@ -158,12 +158,11 @@ def make_task(model_name: str, samples: int, *,
                              {"schedule": f"EDM{GMM_SCHEDULE}", "eps": eps}, mmd_points)
     if model_name in ("gmm-learned-2d", "gmm-learned-16d"):
         from ..zoo.gmm_learned import load_learned
-        from ..zoo.pretrained import HASH_KEY
 
         zoo_name = model_name.replace("-", "_")
         gmm, model = load_learned(zoo_name)
         return _mixture_task(model_name, gmm, model, torch.float32, samples,
-                             {"zoo_model": zoo_name, "sha256": model.card[HASH_KEY]},
+                             {"zoo_model": zoo_name, "sha256": model.card["weights_sha256"]},
                              mmd_points)
     if model_name == "moons":
         from ..zoo.data import toy2d

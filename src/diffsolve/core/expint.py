@@ -104,6 +104,26 @@ def lagrange_monomials(nodes: Sequence[float]) -> list[list[float]]:
     return coeffs
 
 
+def lagrange_weights(nodes: Sequence[float], at: float) -> list[float]:
+    """Point-evaluation weights l_j(at) = prod_{m != j} (at - r_m)/(r_j - r_m) of the Lagrange
+    basis on distinct ``nodes``: sum_j l_j(at) f(r_j) is the interpolating polynomial at
+    ``at`` (an extrapolation when ``at`` lies outside the nodes). Exact on polynomials of
+    degree < len(nodes)."""
+    r = [float(v) for v in nodes]
+    if not r:
+        raise ValueError("need at least one node")
+    if len(set(r)) != len(r):
+        raise ValueError(f"Lagrange nodes must be distinct, got {r}")
+    out = []
+    for j, rj in enumerate(r):
+        w = 1.0
+        for m, rm in enumerate(r):
+            if m != j:
+                w *= (at - rm) / (rj - rm)
+        out.append(w)
+    return out
+
+
 def exp_lagrange_weights(nodes: Sequence[float], c: float) -> list[float]:
     """w_j = int_0^1 e^{c (1 - theta)} l_j(theta) d theta for the Lagrange basis on ``nodes``.
 

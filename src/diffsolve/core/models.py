@@ -69,6 +69,13 @@ def data_from_output(out: Tensor, x: Tensor, point: EvalPoint, prediction: str,
         f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
+def edm_preconditioning(sigma: float, sigma_data: float) -> tuple[float, float, float]:
+    """(c_skip, c_out, c_in) of EDM preconditioning at sigma~ = ``sigma`` (Karras et al. 2022,
+    Table 1): c_skip = sd^2/(s^2+sd^2), c_out = s sd/sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2)."""
+    var = sigma * sigma + sigma_data * sigma_data
+    return sigma_data * sigma_data / var, sigma * sigma_data / var**0.5, 1.0 / var**0.5
+
+
 def eps_from_data(x: Tensor, d: Tensor, point: EvalPoint) -> Tensor:
     """Noise prediction implied by a data prediction: eps = (x - alpha D) / sigma."""
     return (x - point.alpha * d) / point.sigma
@@ -225,10 +232,7 @@ class Denoiser:
         self.nfe += 1
         state_dtype = x.dtype
         if self.prediction == "edm":
-            s, sd = point.sigma_edm, self.sigma_data
-            c_skip = sd * sd / (s * s + sd * sd)
-            c_out = s * sd / (s * s + sd * sd) ** 0.5
-            c_in = 1.0 / (s * s + sd * sd) ** 0.5
+            c_skip, c_out, c_in = edm_preconditioning(point.sigma_edm, self.sigma_data)
             x_ve = x / point.alpha
             f = self._raw(x_ve * c_in, self._time_value(point)).to(state_dtype)
             return c_skip * x_ve + c_out * f

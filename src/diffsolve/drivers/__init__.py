@@ -1,2 +1,2 @@
 """Drivers: the loops that run solvers (the sampling loop, its compiled form, the one-evaluation
-Stepper, adaptive steps, inversion, multilevel Euler-Maruyama)."""
+Stepper, adaptive steps, inversion, multilevel Euler-Maruyama, mean-reverting diffusions)."""

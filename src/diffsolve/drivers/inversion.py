@@ -1,4 +1,4 @@
-r"""Diffusion inversion: data -> noise along a grid, and the matching reconstruction.
+r"""Diffusion inversion (DDIM, EDICT, BDIA): data -> noise along a grid, and back.
 
 Notation: the grid's finite nodes lambda_0 < ... < lambda_N (noisiest first); generation
 goes 0 -> N with DDIM steps x_{i+1} = lin_i x_i + w0_i F(x_i, lambda_i) (F = eps in the noise
@@ -28,10 +28,31 @@ ending at sigma = 0 uses its last finite node, as the final x <- D(x) is not inv
   The model is evaluated at the same (input, lambda) pairs in both directions, so inversion is
   exact up to floating-point rounding (2 NFE per step). Both sequences start at x0; the
   inverted noise is the pair (x_0, y_0) and the reconstruction returns x_N.
+* BDIA (Zhang, Lewis, Kleijn 2023, arXiv 2307.10829; research note
+  methods_pndm_bdia_dcsolver_dualfast.md Sec. B.2, read from the authors' README and code, the
+  paper body was not reachable): with Phi(x_k; k -> j) = lin x_k + w0 F(x_k, lambda_k) the
+  DDIM step from node k to node j (either direction) and ONE evaluation F_k per node,
+  generation is the two-step recursion (code convention: gamma = 0 is DDIM)
+
+      x_1     = Phi(x_0; 0 -> 1)                                     (plain DDIM first step)
+      x_{k+1} = gamma (x_{k-1} - Phi(x_k; k -> k-1)) + Phi(x_k; k -> k+1),   k >= 1
+
+  and its exact inverse, derived by solving the line above for x_{k-1} (note Sec. B.2 [I]),
+
+      x_{k-1} = (x_{k+1} - Phi(x_k; k -> k+1))/gamma + Phi(x_k; k -> k-1).
+
+  Inversion starts from x_N alone, so its first step x_{N-1} is a DDIM inversion step (the
+  authors' editing code does the same); every later step is the exact inverse. The inverted
+  latent is the pair (x_0, x_1) and reconstruction runs the recursion from it, so the round trip
+  is exact up to rounding for gamma in (0, 1] (1 NFE per step: N to invert, N - 1 to
+  reconstruct, as x_1 is given). The inverse divides by gamma at every step, so rounding grows
+  as gamma -> 0 (the note measured 2e-3 at gamma = 0.1 over 10 steps); gamma = 1 is the
+  time-symmetric form and the default.
 
 Why not the sampling loop (:func:`diffsolve.drivers.loop.integrate`): inversion runs the grid
-backwards (lambda decreasing, model evaluated at the step's end) and EDICT carries two coupled
-states with mixing layers; neither is a registered solver's forward step.
+backwards (lambda decreasing, model evaluated at the step's end), EDICT carries two coupled
+states with mixing layers and BDIA is a two-step recursion; none is a registered solver's
+forward step.
 """
 
 from __future__ import annotations
@@ -48,7 +69,7 @@ from ..core.grids import Grid, make_grid
 from ..core.models import Denoiser, eps_from_data
 from ..core.schedules import EvalPoint
 
-Method = Literal["ddim", "edict"]
+Method = Literal["ddim", "edict", "bdia"]
 Form = Literal["data", "noise"]
 
 
@@ -58,9 +79,10 @@ class Inversion:
 
     Attributes:
         noise: the state at the grid's first (noisiest) node.
-        aux: EDICT's second sequence y at that node (None for DDIM).
+        aux: EDICT's second sequence y at that node, BDIA's state x_1 at the second node
+            (None for DDIM).
         grid: the grid (finite nodes only).
-        method, p, form: the settings used (reconstruct with the same ones).
+        method, p, form, gamma: the settings used (reconstruct with the same ones).
         nfe: model evaluations the inversion used.
     """
 
@@ -71,6 +93,7 @@ class Inversion:
     p: float
     form: Form
     nfe: int
+    gamma: float = 1.0
 
 
 def _finite_grid(model: Denoiser, grid: Grid | str | Sequence[float] | None,
@@ -97,18 +120,55 @@ def _f(model: Denoiser, x: Tensor, point: EvalPoint, form: Form) -> Tensor:
     return d if form == "data" else eps_from_data(x, d, point)
 
 
-def _check(method: str, p: float, form: str) -> None:
-    if method not in ("ddim", "edict"):
-        raise SolverOptionError(f"method must be 'ddim' or 'edict', got {method!r}")
+def _check(method: str, p: float, form: str, gamma: float) -> None:
+    if method not in ("ddim", "edict", "bdia"):
+        raise SolverOptionError(f"method must be 'ddim', 'edict' or 'bdia', got {method!r}")
     if form not in ("data", "noise"):
         raise SolverOptionError(f"form must be 'data' or 'noise', got {form!r}")
     if not (0.0 < p <= 1.0):
         raise SolverOptionError(f"EDICT mixing p must be in (0, 1], got {p}")
+    if not (0.0 < gamma <= 1.0):
+        raise SolverOptionError(f"BDIA gamma must be in (0, 1] to be invertible, got {gamma}")
+
+
+def _ddim(x: Tensor, f: Tensor, p_from: EvalPoint, p_to: EvalPoint,
+          form: Form) -> Tensor:
+    """Phi(x; from -> to): the DDIM step with the frozen model output f = F(x, from)."""
+    c = stage_coefficients(p_from, p_to, form=form)
+    return c.lin * x + c.w0 * f
+
+
+def _bdia_invert(model: Denoiser, x: Tensor, pts: list[EvalPoint], gamma: float,
+                 form: Form) -> tuple[Tensor, Tensor]:
+    """(x_0, x_1) from x_N: a DDIM inversion step, then the exact inverse (module docstring)."""
+    n = len(pts) - 1
+    x_next = x                                                        # x_{k+1}
+    x = _ddim(x, _f(model, x, pts[n], form), pts[n], pts[n - 1], form)   # x_{N-1}
+    for k in range(n - 1, 0, -1):
+        f = _f(model, x, pts[k], form)
+        # BDIA inverse (note Sec. B.2): x_{k-1} = (x_{k+1} - Phi(k->k+1))/gamma + Phi(k->k-1)
+        x_prev = ((x_next - _ddim(x, f, pts[k], pts[k + 1], form)) / gamma
+                  + _ddim(x, f, pts[k], pts[k - 1], form))
+        x_next, x = x, x_prev
+    return x, x_next
+
+
+def _bdia_generate(model: Denoiser, x0: Tensor, x1: Tensor, pts: list[EvalPoint], gamma: float,
+                   form: Form) -> Tensor:
+    """x_N from the pair (x_0, x_1) by the BDIA recursion (module docstring)."""
+    x_prev, x = x0, x1
+    for k in range(1, len(pts) - 1):
+        f = _f(model, x, pts[k], form)
+        # BDIA-DDIM (README / note Sec. B.2): x_{k+1} = gamma (x_{k-1} - Phi(k->k-1)) + Phi(k->k+1)
+        x_new = (gamma * (x_prev - _ddim(x, f, pts[k], pts[k - 1], form))
+                 + _ddim(x, f, pts[k], pts[k + 1], form))
+        x_prev, x = x, x_new
+    return x
 
 
 def invert(model: Denoiser, x0: Tensor, grid: Grid | str | Sequence[float] | None = None, *,
            steps: int | None = None, method: Method = "ddim", p: float = 0.93,
-           form: Form = "noise") -> Inversion:
+           form: Form = "noise", gamma: float = 1.0) -> Inversion:
     """Map clean data x0 to noise at the grid's first node (module docstring).
 
     Args:
@@ -118,15 +178,21 @@ def invert(model: Denoiser, x0: Tensor, grid: Grid | str | Sequence[float] | Non
         grid: a Grid, EDM sigmas, a grid name (with ``steps``), or None ("uniform_lambda"
             over the schedule's range, ``steps`` intervals). A final sigma = 0 is dropped.
         steps: number of intervals for a named grid.
-        method: "ddim" (approximate) or "edict" (exact, 2 NFE per step).
+        method: "ddim" (approximate), "edict" (exact, 2 NFE per step) or "bdia" (exact,
+            1 NFE per step).
         p: EDICT's mixing weight (the paper's 0.93).
-        form: "noise" (eps, as both papers) or "data" (D) for the affine updates.
+        form: "noise" (eps, as the papers) or "data" (D) for the affine updates.
+        gamma: BDIA's weight in (0, 1] (1: time-symmetric; the authors use 0.5 to 1).
     """
-    _check(method, p, form)
+    _check(method, p, form, gamma)
     g = _finite_grid(model, grid, steps)
     pts = _points(model, g)
     nfe0 = model.nfe
     x = pts[-1].alpha * x0
+    if method == "bdia":
+        x, x1 = _bdia_invert(model, x, pts, gamma, form)
+        return Inversion(noise=x, aux=x1, grid=g, method=method, p=p, form=form,
+                         nfe=model.nfe - nfe0, gamma=gamma)
     y = x
     for i in range(len(pts) - 2, -1, -1):
         if method == "ddim":
@@ -152,6 +218,18 @@ def _edict_step(model: Denoiser, x: Tensor, y: Tensor, c: StageCoefficients, poi
     return x_new, y_new
 
 
+def bdia_sample(model: Denoiser, x: Tensor, grid: Grid | str | Sequence[float] | None = None, *,
+                steps: int | None = None, gamma: float = 1.0, form: Form = "noise") -> Tensor:
+    """BDIA-DDIM generation from noise ``x`` at the grid's first node (module docstring: a DDIM
+    first step, then the bi-directional recursion; 1 NFE per step, gamma = 0 is DDIM). Returns
+    the clean estimate x_N / alpha_N at the last finite node, like :func:`reconstruct`."""
+    if not (0.0 <= gamma <= 1.0):
+        raise SolverOptionError(f"BDIA gamma must be in [0, 1], got {gamma}")
+    pts = _points(model, _finite_grid(model, grid, steps))
+    x1 = _ddim(x, _f(model, x, pts[0], form), pts[0], pts[1], form)
+    return _bdia_generate(model, x, x1, pts, gamma, form) / pts[-1].alpha
+
+
 def reconstruct(model: Denoiser, inversion: Inversion) -> Tensor:
     """Generate from an inverted latent with the same method, grid and settings; returns the
     clean estimate x_N / alpha_N at the last finite node (data scaling, like ``x0``)."""
@@ -159,6 +237,9 @@ def reconstruct(model: Denoiser, inversion: Inversion) -> Tensor:
     form, p = inversion.form, inversion.p
     x = inversion.noise
     y = inversion.aux
+    if inversion.method == "bdia":
+        assert y is not None
+        return _bdia_generate(model, x, y, pts, inversion.gamma, form) / pts[-1].alpha
     for i in range(len(pts) - 1):
         c = stage_coefficients(pts[i], pts[i + 1], form=form)
         if inversion.method == "ddim":

@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
 
 from ..core.errors import IncompatibleModelError, SolverOptionError
 from ..core.grids import Grid, karras, uniform_lambda
-from ..core.models import Denoiser, data_from_output
+from ..core.models import Denoiser, data_from_output, edm_preconditioning
 from ..core.noise import PerSampleStreams
 from ..core.schedules import DiscreteVP, EvalPoint, NoiseSchedule
 from ..drivers.stepper import Stepper, evaluation_plan
@@ -66,12 +66,15 @@ from .diffusers_config import (
 )
 from .diffusers_map import (
     EDM_PRECONDITIONED,
+    EDM_REPRODUCED,
     FEW_STEPS,
+    TABLE_NOISING,
     VE_STATE,
     as_int_if_integral,
     default_solver,
     flow_edm_sigmas,
     infer_class,
+    peer_class,
     peer_grid,
     peer_schedule,
     peer_scheduler,
@@ -80,6 +83,8 @@ from .diffusers_map import (
 )
 
 __all__ = ["DiffsolveScheduler", "DiffsolveSchedulerOutput", "wrap"]
+
+TAIL_H = 1e-9  # lambda length standing in for a multistep X's zero-length last step
 
 
 @dataclass
@@ -189,6 +194,9 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         self.prediction = prediction_from_config(src if src is not None else cfg)
         self._time_scale = model_time_scale(cfg)
         self._ve = self._source in VE_STATE
+        # EDM-preconditioned X: the network sees c_in x and returns F, D = c_skip x + c_out F
+        self._edm = self._source in EDM_REPRODUCED
+        self._sigma_data = float((src or {}).get("sigma_data", 0.5))
         self.init_noise_sigma = 1.0
         if isinstance(self.schedule, DiscreteVP):
             ac = self.schedule.alphas_cumprod
@@ -219,6 +227,16 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         """Model evaluations of a solver step past the warm-up (diffusers uses it for its
         progress bar), from the solver's declared cost."""
         return self.solver.steady_evaluations
+
+    @property
+    def compatibles(self) -> list[type]:
+        """Scheduler classes that can take this config: the EDM schedulers for an EDM
+        source (the others would read a VP table), else diffusers' Karras list."""
+        if self._edm:
+            import diffusers
+
+            return [getattr(diffusers, n) for n in sorted(EDM_REPRODUCED)] + [type(self)]
+        return super().compatibles
 
     @property
     def step_index(self) -> int | None:
@@ -255,7 +273,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if src_name is not None and "source_config" not in kwargs:
             src = {k: v for k, v in cfg.items() if not k.startswith("_") or k == "_class_name"}
             kwargs["source_config"] = src
-            known = peer_scheduler(src) is not None
+            known = peer_class(src) is not None
             choice = None
             if known:
                 try:
@@ -263,11 +281,12 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 except IncompatibleModelError:
                     if kwargs.get("solver") is None:
                         raise
-            if src_name in EDM_PRECONDITIONED:
+            if src_name in EDM_PRECONDITIONED - EDM_REPRODUCED:
                 raise IncompatibleModelError(
-                    f"{src_name} is an EDM-preconditioned scheduler (the pipeline scales the "
-                    "network's input and output by sigma); DiffsolveScheduler does not reproduce "
-                    "it: use diffsolve.solve with diffsolve.schedules.EDM instead")
+                    f"{src_name} preconditions the network with its own c_noise; "
+                    "DiffsolveScheduler does not reproduce it: use diffsolve.solve with "
+                    "diffsolve.schedules.EDM and a Denoiser(prediction='edm', time_input=...) "
+                    "instead")
             if known and choice is None and kwargs.get("solver") is None:
                 warnings.warn(f"no diffsolve solver reproduces {src_name}'s update; using "
                               "dpmpp_2m on its grid (pass solver=... to choose)", stacklevel=2)
@@ -281,8 +300,19 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                               f"{key}={src[key]!r}; it is ignored", stacklevel=2)
             # X's values, defaults included, are this scheduler's (diffusers would otherwise
             # drop the keys X left at X's defaults)
-            cfg.pop("_use_default_values", None)
-        return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+            x_defaults = set(cfg.pop("_use_default_values", None) or ())
+        else:
+            x_defaults = set()
+        out = super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        hidden = x_defaults - set(inspect.signature(cls.__init__).parameters)
+        if hidden:
+            # X's keys this class does not take, left at X's defaults: a compatible class
+            # taking this config drops them, as it does when taking X's (e.g. SA-Solver's
+            # algorithm_type in DPMSolverSinglestep)
+            model = out[0] if isinstance(out, tuple) else out
+            own = set(model.config.get("_use_default_values", ()))
+            model.register_to_config(_use_default_values=sorted(own | hidden))
+        return out
 
     def set_timesteps(self, num_inference_steps: int | None = None,
                       device: str | torch.device | None = None, *,
@@ -321,6 +351,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
             if pg.segments is not None and self.solver.name in ("ddim", "ddim_eta"):
                 self._segments = pg.segments
             self._apply_euler_at_final()
+            self._apply_peer_tau(sig, node_t)
         else:
             self.grid = self._make_grid(num_inference_steps, timesteps, sigmas, mu)
         plan = evaluation_plan(self.solver, self.schedule, self.grid)
@@ -342,8 +373,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 # sigma); it evaluates the network there once more and leaves x unchanged for
                 # one-step updates: list it and return x as it is
                 self.timesteps = peer_t.clone().to(device)
-                self._points.append(self.schedule.point(node_lams[-1]))
-                self._noop_tail = True
+                if "lower_order_final" in self.solver.options():
+                    # a multistep X counts that step when it lowers its final orders: make
+                    # it a step of the grid too, of length TAIL_H in lambda (x moves by
+                    # ~TAIL_H |x - D|, where X's moves by 0)
+                    lams = [*node_lams, node_lams[-1] + TAIL_H]
+                    self.grid = Grid.from_lambdas(torch.tensor(lams, dtype=torch.float64),
+                                                  self.schedule)
+                    self._apply_euler_at_final()
+                    plan = evaluation_plan(self.solver, self.schedule, self.grid)
+                    self._points = [p for _, p in plan]
+                    self._node_eval_index = [k for k, (i, _) in enumerate(plan)
+                                             if k == 0 or plan[k - 1][0] != i]
+                else:
+                    self._points.append(self.schedule.point(node_lams[-1]))
+                    self._noop_tail = True
         else:
             t = torch.tensor([p.t * self._time_scale for p in self._points], dtype=torch.float64)
             rounded = t.round()
@@ -361,10 +405,13 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def scale_model_input(self, sample: Tensor, timestep: Any = None) -> Tensor:
         """The network's input: the state itself, or, for schedulers whose latents are
-        x / alpha (Euler, Heun, LMS, ...), alpha x = x / sqrt(sigma~^2 + 1)."""
-        if not self._ve or not self._points:
+        x / alpha (Euler, Heun, LMS, ...), alpha x = x / sqrt(sigma~^2 + 1), or for EDM
+        schedulers c_in x = x / sqrt(sigma^2 + sigma_data^2)."""
+        if not (self._ve or self._edm) or not self._points:
             return sample
         k = self._step_index if self._step_index is not None else self._lookup(timestep)
+        if self._edm:
+            return sample * edm_preconditioning(self._points[k].sigma_edm, self._sigma_data)[2]
         return sample * self._points[k].alpha
 
     def step(self, model_output: Tensor, timestep: Any, sample: Tensor,
@@ -401,11 +448,17 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         in ``timesteps`` uses that evaluation point's exact noise level."""
         ts = torch.as_tensor(timesteps).detach().to("cpu", torch.float64).reshape(-1)
         alphas, sigmas = [], []
+        table = self._source in TABLE_NOISING and isinstance(self.schedule, DiscreteVP)
         for t in ts.tolist():
             k = self._find(t)
-            if k is not None:
+            if table:  # X's add_noise: sqrt(abar[t]) x0 + sqrt(1 - abar[t]) noise
+                abar = float(self.alphas_cumprod[int(t)])
+                a, s = math.sqrt(abar), math.sqrt(1.0 - abar)
+            elif k is not None:
                 p = self._points[k]
                 a, s = p.alpha, p.sigma
+            elif self._edm:  # an unlisted EDM timestep c_noise = log(sigma)/4
+                a, s = 1.0, math.exp(4.0 * t)
             else:
                 u = t / self._time_scale
                 a, s = float(self.schedule.alpha(u)), float(self.schedule.sigma(u))
@@ -461,6 +514,34 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         caps = (self.solver.history_order,) * (steps - 1) + (1,)
         self.solver = dataclasses.replace(self.solver, step_order_caps=caps)
 
+    def _apply_peer_tau(self, node_sigmas: list[float], node_t: list[float]) -> None:
+        """SASolverScheduler: tau of an interval is X's ``tau_func`` of the interval's start
+        timestep; give the solver that as a function of sigma~ on this grid's nodes."""
+        tau_func = getattr(self._peer, "tau_func", None)
+        if (tau_func is None or not self._default_solver
+                or "tau_point" not in self.solver.options()):
+            return
+        dtype = self._peer.timesteps.dtype
+        table = list(zip(node_sigmas, node_t, strict=False))
+
+        def tau(sigma: float) -> float:
+            t = min(table, key=lambda st: abs(math.log(st[0] / sigma)))[1]
+            return float(tau_func(torch.tensor(t, dtype=dtype)))
+
+        self.solver = dataclasses.replace(self.solver, tau=tau)
+
+    def _data(self, out: Tensor, x: Tensor, point: EvalPoint) -> Tensor:
+        """The data prediction D from the network output at ``point``: the config's
+        parameterization, or for EDM schedulers D = c_skip x + c_out F (Karras et al. 2022,
+        Table 1) with c_out negated for ``v_prediction`` (diffusers' EDM convention)."""
+        if not self._edm:
+            return data_from_output(out, x, point, self.prediction, self.schedule)
+        if self.prediction not in ("eps", "v"):
+            raise IncompatibleModelError(
+                f"{self._source} supports prediction_type epsilon and v_prediction only")
+        c_skip, c_out, _ = edm_preconditioning(point.sigma_edm, self._sigma_data)
+        return c_skip * x + (c_out if self.prediction == "eps" else -c_out) * out
+
     def _clip(self, d: Tensor) -> Tensor:
         """The replaced scheduler's treatment of the data prediction: dynamic thresholding
         (Saharia et al. 2022, Sec. 2.3: s = the ``dynamic_thresholding_ratio`` quantile of
@@ -499,8 +580,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if order is not None and self._stepper is None and self._step_index is None:
             if self.solver.name == "lms" and self._default_solver:
                 if int(order) != self.solver.solver_order:
-                    self.solver = get_solver("lms", lower_order_final=False,
-                                             solver_order=int(order))
+                    self.solver = dataclasses.replace(self.solver, solver_order=int(order))
             else:
                 self._warn_once("order", f"DiffsolveScheduler.step ignores order={order!r} "
                                 f"(the solver is {self.solver.name})")
@@ -533,8 +613,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         a, b = self._segments[k]
         point = self._points[k]
         x = self._x
-        raw = data_from_output(model_output.to(x.dtype), x, point, self.prediction,
-                               self.schedule)
+        raw = self._data(model_output.to(x.dtype), x, point)
         denoised = self._clip(raw)
         if b < a:
             grid = Grid.from_sigmas([a, b], self.schedule)
@@ -576,7 +655,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
                 x = self._stepper.x
                 out = model_output.to(x.dtype)
                 point = self._points[-1]
-                d = self._clip(data_from_output(out, x, point, self.prediction, self.schedule))
+                d = self._clip(self._data(out, x, point))
                 prev = x / point.alpha if self._ve else x
                 return prev.to(sample.dtype), d
             raise SolverOptionError("all timesteps are done; call set_timesteps() again")
@@ -588,8 +667,7 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         assert stepper is not None
         x_query, point = stepper.query
         out = model_output.to(x_query.dtype)
-        denoised = self._clip(data_from_output(out, x_query, point, self.prediction,
-                                               self.schedule))
+        denoised = self._clip(self._data(out, x_query, point))
         stepper.feed(denoised)
         self._step_index = (self._step_index or 0) + 1
         if stepper.done:
@@ -604,9 +682,10 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
 
     def _peer_timesteps(self, node_lams: list[float], node_t: list[float], peer_t: Tensor,
                         ) -> Tensor:
-        """The replaced scheduler's own timesteps when our evaluations are its evaluations;
-        otherwise its node timesteps at the nodes and t(lambda) at internal stages."""
-        if len(self._points) == peer_t.numel():
+        """The replaced scheduler's own timesteps when our evaluations are its evaluations (its
+        own solver); otherwise its node timesteps at the nodes and t(lambda) at internal
+        stages (another solver's stages sit elsewhere even when their count is the same)."""
+        if len(self._points) == peer_t.numel() and self._default_solver:
             return peer_t.clone()
         by_node = dict(zip(node_lams, node_t, strict=False))
         vals = []
@@ -706,10 +785,21 @@ class DiffsolveScheduler(SchedulerMixin, ConfigMixin):
         if node > 0 and caps is not None:  # per-step caps of the full grid: keep the tail
             solver = dataclasses.replace(solver, step_order_caps=tuple(caps[node:]))
         full = len(self.grid.finite_lams()) - 1 + (1 if self.grid.to_zero else 0)
+        if node > 0 and "prior_sigmas" in solver.options() and self._default_solver:
+            # diffusers' LMS takes its order from the absolute step index and its Lagrange
+            # basis from the nodes before the start (LMS.prior_sigmas)
+            prior = [float(self.schedule.point(float(v)).sigma_edm)
+                     for v in self.grid.lams[:node]]
+            solver = dataclasses.replace(solver, prior_sigmas=tuple(prior))
+        if node > 0 and "step_orders" in solver.options() and self._default_solver:
+            # X's order list is the whole grid's (groups counted from its first step)
+            orders = solver.orders(len(self.grid.finite_lams()) - 1, self.grid.to_zero)
+            solver = dataclasses.replace(solver, step_orders=tuple(orders[node:]))
         if node > 0 and "full_steps" in solver.options():
             solver = dataclasses.replace(solver, full_steps=full)
         elif (node > 0 and self._default_solver and full >= FEW_STEPS
-              and getattr(solver, "lower_order_final", False)):
+              and getattr(solver, "lower_order_final", False)
+              and not getattr(solver, "lower_order_final_always", False)):
             # diffusers decides "fewer than 15 steps" on the whole schedule, not on the part
             # an img2img run samples
             solver = dataclasses.replace(solver, lower_order_final=False)
@@ -722,8 +812,9 @@ class _DiffusersNet:
     """``net(x, t, **kw)`` over a diffusers model returning ``.sample`` or a tuple; drops the
     learned-variance half of a 2C-channel output."""
 
-    def __init__(self, module: Callable[..., Any]) -> None:
+    def __init__(self, module: Callable[..., Any], sign: float = 1.0) -> None:
         self.module = module
+        self.sign = sign
 
     def __call__(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
         out = self.module(x, t, **kwargs)
@@ -732,7 +823,7 @@ class _DiffusersNet:
             out = out[0]
         if out.shape[1] == 2 * x.shape[1]:
             out = out[:, : x.shape[1]]
-        return out
+        return out if self.sign == 1.0 else -out
 
 
 def wrap(model: Callable[..., Any], scheduler_config: Any, *,
@@ -760,6 +851,19 @@ def wrap(model: Callable[..., Any], scheduler_config: Any, *,
                 else infer_class(cfg))
         if name is not None:
             cfg["_class_name"] = name
+    if cfg.get("_class_name") in EDM_REPRODUCED:
+        # EDM preconditioning (Karras et al. 2022, Table 1); diffusers' v_prediction negates
+        # c_out, i.e. the network output is -F
+        kind = prediction_from_config(cfg)
+        if kind not in ("eps", "v"):
+            raise IncompatibleModelError(f"{cfg['_class_name']} supports prediction_type "
+                                         "epsilon and v_prediction only")
+        net = _DiffusersNet(model, sign=1.0 if kind == "eps" else -1.0)
+        return Denoiser(net, peer_schedule(peer_scheduler(cfg), False), prediction="edm",
+                        sigma_data=float(cfg.get("sigma_data", 0.5)), time_input="edm",
+                        guidance_scale=guidance_scale, cond=cond, uncond=uncond,
+                        batched_guidance=batched_guidance, model_dtype=model_dtype,
+                        extra_args=extra_args)
     schedule = peer_schedule(peer_scheduler(cfg), is_flow_config(cfg)) or \
         schedule_from_config(cfg)
     scale = model_time_scale(cfg)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..core.errors import IncompatibleModelError
-from ..core.schedules import DiscreteVP, NoiseSchedule, RectifiedFlow
+from ..core.schedules import EDM, DiscreteVP, NoiseSchedule, RectifiedFlow
 from .diffusers_config import FLOW_T_MIN
 
 # Schedulers whose pipeline latents are x / alpha (k-diffusion's sigma~ scaling): the pipeline
@@ -43,9 +43,17 @@ VE_STATE = frozenset({
     "DPMSolverSDEScheduler",
 })
 
+# schedulers whose add_noise reads the training table at the (integer) timestep, even where
+# their grid's sigma at that node is another (Karras / exponential grids, rounded timesteps)
+TABLE_NOISING = frozenset({"SASolverScheduler"})
+
 FEW_STEPS = 15  # diffusers' multistep schedulers lower their final orders below this many steps
 EDM_PRECONDITIONED = frozenset({"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler",
                                 "CosineDPMSolverMultistepScheduler"})
+# EDM-preconditioned schedulers the adapter reproduces: alpha = 1, the network gets
+# c_in(sigma) x and c_noise = log(sigma)/4, and D = c_skip x + c_out F (Karras et al. 2022,
+# Table 1; v_prediction: c_out negated, as diffusers has it). Cosine's c_noise differs.
+EDM_REPRODUCED = frozenset({"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"})
 
 # config keys whose only effect is the training table or the grid (computed by X itself)
 _GRID_KEYS = frozenset({
@@ -55,7 +63,7 @@ _GRID_KEYS = frozenset({
     "interpolation_type", "timestep_type", "sigma_min", "sigma_max", "lambda_min_clipped",
     "set_alpha_to_one", "shift", "use_dynamic_shifting", "base_shift", "max_shift",
     "base_image_seq_len", "max_image_seq_len", "shift_terminal", "time_shift_type",
-    "invert_sigmas", "prediction_type",
+    "invert_sigmas", "prediction_type", "sigma_schedule", "rho",
 })
 # keys whose value is honoured only when it equals the given (inactive) value
 _INACTIVE = {
@@ -98,12 +106,50 @@ def _dpm_multistep(cfg: Mapping[str, Any]) -> SolverChoice:
         keys)
 
 
+def _dpm_singlestep(cfg: Mapping[str, Any]) -> SolverChoice:
+    """DPMSolverSinglestep: ``dpm_singlestep`` with the scheduler's options."""
+    algo = cfg.get("algorithm_type", "dpmsolver++")
+    if algo not in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++"):
+        raise IncompatibleModelError(
+            f"DPMSolverSinglestepScheduler with algorithm_type={algo!r} has no diffsolve "
+            "equivalent; pass solver=... to choose one")
+    return SolverChoice("dpm_singlestep", {
+        "algorithm_type": algo, "solver_order": int(cfg.get("solver_order", 2)),
+        "solver_type": cfg.get("solver_type", "midpoint"),
+        "lower_order_final": bool(cfg.get("lower_order_final", False))},
+        frozenset({"algorithm_type", "solver_order", "solver_type", "lower_order_final"}))
+
+
+def _sa_solver(cfg: Mapping[str, Any]) -> SolverChoice:
+    """SASolverScheduler: ``sa_solver`` PEC with diffusers' choices: the order-2 rescaling
+    trick (``simple_order_2``, diffusers' "modification ... similar to UniPC"), tau at each
+    interval's start timestep (the adapter sets tau from X's ``tau_func`` once the grid is
+    known), final orders lowered on every grid. Data prediction only."""
+    keys = {"predictor_order", "corrector_order", "lower_order_final", "tau_func"}
+    if cfg.get("algorithm_type", "data_prediction") == "data_prediction":
+        keys.add("algorithm_type")
+    return SolverChoice("sa_solver", {
+        "predictor_order": int(cfg.get("predictor_order", 2)),
+        "corrector_order": int(cfg.get("corrector_order", 2)),
+        "simple_order_2": True, "tau_point": "start",
+        "lower_order_final": bool(cfg.get("lower_order_final", True)),
+        "lower_order_final_always": True, "noise_every_step": True},
+        frozenset(keys))
+
+
+def _edm_dpm(cfg: Mapping[str, Any]) -> SolverChoice:
+    """EDMDPMSolverMultistep: DPMSolverMultistep's update on the EDM schedule."""
+    choice = _dpm_multistep(cfg)
+    return SolverChoice(choice.name, choice.options, choice.keys | {"sigma_data"})
+
+
 def _unipc(cfg: Mapping[str, Any]) -> SolverChoice:
     disabled = list(cfg.get("disable_corrector") or [])
     return SolverChoice("unipc", {
         "solver_order": int(cfg.get("solver_order", 2)),
         "variant": cfg.get("solver_type", "bh2"),
         "lower_order_final": bool(cfg.get("lower_order_final", True)),
+        "lower_order_final_always": True,  # X lowers its last orders on every grid
         "use_corrector": not disabled,
     }, frozenset({"solver_order", "solver_type", "lower_order_final"}
                  | ({"disable_corrector"} if not disabled else set())))
@@ -124,11 +170,21 @@ _CHOICES: dict[str, Any] = {
     "EulerDiscreteScheduler": lambda cfg: SolverChoice("ddim"),
     "EulerAncestralDiscreteScheduler": lambda cfg: SolverChoice("euler_ancestral"),
     "HeunDiscreteScheduler": lambda cfg: SolverChoice("heun"),
-    "LMSDiscreteScheduler": lambda cfg: SolverChoice("lms", {"lower_order_final": False}),
+    # LMS: k-diffusion's LMS with its multistep last step into sigma = 0 (diffusers' step)
+    "LMSDiscreteScheduler": lambda cfg: SolverChoice(
+        "lms", {"lower_order_final": False, "final_step": "multistep"}),
+    # KDPM2: DPM-Solver-2 in sigma~ with the log-midpoint stage (k-diffusion's sample_dpm_2)
+    "KDPM2DiscreteScheduler": lambda cfg: SolverChoice("dpm_2"),
+    "KDPM2AncestralDiscreteScheduler": lambda cfg: SolverChoice("dpm_2_ancestral"),
     "DPMSolverMultistepScheduler": _dpm_multistep,
+    "DPMSolverSinglestepScheduler": _dpm_singlestep,
+    "SASolverScheduler": _sa_solver,
     "UniPCMultistepScheduler": _unipc,
     "DEISMultistepScheduler": _deis,
     "FlowMatchEulerDiscreteScheduler": lambda cfg: SolverChoice("ddim"),
+    # EDM Euler: Euler in sigma (alpha = 1) is the DDIM map on the EDM schedule
+    "EDMEulerScheduler": lambda cfg: SolverChoice("ddim", keys=frozenset({"sigma_data"})),
+    "EDMDPMSolverMultistepScheduler": _edm_dpm,
     "PNDMScheduler": lambda cfg: SolverChoice(
         "pndm", {"warmup": "plms" if cfg.get("skip_prk_steps") else "prk"},
         frozenset({"skip_prk_steps"})),
@@ -181,8 +237,11 @@ _CLIPS = {"DDIMScheduler": {"thresholding", "clip_sample"},
           "DDPMScheduler": {"thresholding", "clip_sample"},
           "HeunDiscreteScheduler": {"clip_sample"},
           "DPMSolverMultistepScheduler": {"thresholding"},
+          "DPMSolverSinglestepScheduler": {"thresholding"},
+          "SASolverScheduler": {"thresholding"},
           "UniPCMultistepScheduler": {"thresholding"},
-          "DEISMultistepScheduler": {"thresholding"}}
+          "DEISMultistepScheduler": {"thresholding"},
+          "EDMDPMSolverMultistepScheduler": {"thresholding"}}
 
 
 def unsupported_keys(cfg: Mapping[str, Any], choice: SolverChoice | None) -> list[str]:
@@ -201,17 +260,20 @@ def unsupported_keys(cfg: Mapping[str, Any], choice: SolverChoice | None) -> lis
     return out
 
 
-def peer_scheduler(cfg: Mapping[str, Any]) -> Any | None:
-    """A fresh instance of the config's diffusers scheduler class (None if unknown)."""
+def peer_class(cfg: Mapping[str, Any]) -> type | None:
+    """The config's diffusers scheduler class (None if unknown)."""
     name = source_class(cfg)
     if name is None:
         return None
     import diffusers
 
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        return None
-    return cls.from_config(dict(cfg))
+    return getattr(diffusers, name, None)
+
+
+def peer_scheduler(cfg: Mapping[str, Any]) -> Any | None:
+    """A fresh instance of the config's diffusers scheduler class (None if unknown)."""
+    cls = peer_class(cfg)
+    return None if cls is None else cls.from_config(dict(cfg))
 
 
 @dataclass
@@ -240,11 +302,15 @@ PEER_FLOW_T_MAX = 1.0 - 1e-9  # flow grids of X start at t = 1 (lambda = -inf): 
 
 def peer_schedule(peer: Any | None, flow: bool) -> NoiseSchedule | None:
     """X's own schedule: its (float32) ``alphas_cumprod`` table, so that every sigma agrees
-    with X's bit for bit, or the rectified flow reaching t = 1 - 1e-9. None when X has no
+    with X's bit for bit, the rectified flow reaching t = 1 - 1e-9, or for EDM schedulers
+    the EDM schedule (alpha = 1, sigma = t) over X's [sigma_min, sigma_max]. None when X has no
     table with 0 < abar < 1 (a zero terminal SNR keeps diffsolve's own table, see
     :func:`~diffsolve.integrations.diffusers_config.rescale_zero_terminal_snr`)."""
     if peer is None:
         return None
+    if type(peer).__name__ in EDM_REPRODUCED:
+        cfg = peer.config
+        return EDM(sigma_min=float(cfg.sigma_min), sigma_max=float(cfg.sigma_max))
     if flow:
         return RectifiedFlow(t_min=FLOW_T_MIN, t_max=PEER_FLOW_T_MAX)
     table = getattr(peer, "alphas_cumprod", None)
@@ -303,6 +369,10 @@ def peer_grid(peer: Any, name: str, steps: int | None, **kwargs: Any) -> PeerGri
         s, t = _dedupe(sig, tl)
         return PeerGrid(s, t, ts, segments, init)
     sig_all = [float(v) for v in peer.sigmas.detach().cpu().to(torch.float64)]
+    if name in ("KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"):
+        # timesteps interleave each step's start with its midpoint stage: [t0, m0, t1, m1, ...]
+        s, _ = _dedupe(sig_all, [])
+        return PeerGrid(s, tl[0::2], ts, None, init)
     s, t = _dedupe(sig_all, tl)
     return PeerGrid(s, t, ts, None, init)
 

@@ -47,7 +47,6 @@ import torch
 from torch import Tensor
 
 from ..core.errors import SolverOptionError
-from ..core.expint import exp_lagrange_weights
 from ..core.grids import Grid
 from ..core.models import Denoiser
 from ..core.noise import GivenNoise, KDiffusionNoiseSampler, NoiseSource, make_noise
@@ -315,46 +314,10 @@ def _run_churn(spec: KSampler, model: KDenoiser, x: Tensor, sigmas: Any,
 def _run_lms(spec: KSampler, model: KDenoiser, x: Tensor, sigmas: Any,
              extra_args: dict[str, Any] | None, callback: Callback | None,
              disable: bool | None, options: dict[str, Any]) -> Tensor:
-    """k-diffusion's LMS, whose step into sigma = 0 is a multistep step too.
-
-    The finite steps are diffsolve's ``lms`` (lower_order_final off). The last one, from
-    s = sigma_{N-1} to 0, is x_N = x + sum_j C_j eps_{N-1-j} with
-    C_j = int_s^0 l_j(u) du over the Lagrange basis in sigma~ on the last k = min(N, order)
-    nodes (exact: -s int_0^1 l_j on the normalised nodes), as k-diffusion's quadrature.
-    """
-    sig = _as_sigmas(sigmas)
-    order = int(options.get("solver_order", 4))
-    if not bool(sig[-1] == 0) or len(sig) < 2:
-        return _run_grid(spec, "lms", model, x, sig, extra_args, callback, disable, options)
-    for key in ("noise_sampler", "seed"):
-        options.pop(key, None)
-    options.setdefault("lower_order_final", False)
-    den = _denoiser(model, sig, extra_args)
-    history: list[tuple[float, Tensor]] = []  # (sigma, eps) newest last
-
-    def record(info: dict[str, Any]) -> None:
-        history.append((float(info["sigma"]), (info["x"] - info["denoised"]) / info["sigma"]))
-        del history[:-order]
-        if callback is not None:
-            callback(info)
-
-    finite = sig[:-1]
-    x_out = _solve(den, x, finite, "lms", options, make_noise("zero", x),
-                   _translate(record, x), disable, open_end=True)
-    s = float(finite[-1])
-    d = den.data(x_out, den.schedule.point(-math.log(s)))
-    history.append((s, (x_out - d) / s))
-    if callback is not None:
-        callback({"x": x_out, "i": len(finite) - 1, "sigma": s, "sigma_hat": s, "denoised": d,
-                  "sigma_next": 0.0, "lam": -math.log(s)})
-    k = min(len(finite), order)
-    recent = history[::-1][:k]
-    nodes = [(sj - s) / (-s) for sj, _ in recent]
-    weights = exp_lagrange_weights(nodes, 0.0)
-    out = x_out.clone()
-    for w, (_, eps) in zip(weights, recent, strict=True):
-        out.add_(eps, alpha=-s * w)
-    return out
+    """k-diffusion's LMS, whose step into sigma = 0 is a multistep step too: diffsolve's
+    ``lms`` with ``final_step="multistep"`` (lower_order_final off)."""
+    options.setdefault("final_step", "multistep")
+    return _run_grid(spec, "lms", model, x, sigmas, extra_args, callback, disable, options)
 
 
 def _run_fast(spec: KSampler, model: KDenoiser, x: Tensor, args: dict[str, Any],

@@ -31,25 +31,38 @@ so the global error is O(h^2) asymptotically. ``warmup="singlestep"`` runs the f
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
+from torch import Tensor
+
+from ..core.errors import SolverOptionError
 from ..core.expint import exp_lagrange_weights
+from ..core.models import eps_from_data
 from ..core.schedules import EvalPoint, NoiseSchedule
-from .base import check_choice, register
-from .engines.history import ADAMS_BASHFORTH, WARMUPS, HistorySolver, LinearStep
+from .base import GridPlan, check_choice, register
+from .engines.history import (
+    ADAMS_BASHFORTH,
+    LOWER_ORDER_FINAL_BELOW,
+    WARMUPS,
+    HistorySolver,
+    LinearStep,
+)
+
+
+def lagrange_integrals(nodes: Sequence[float], s_to: float) -> tuple[float, ...]:
+    """int_{s_0}^{s_to} l_j(s) ds for the Lagrange basis in s = sigma~ on ``nodes`` = s_0,
+    s_1, ... (newest first). Exact: Delta s int_0^1 l_j(theta) d theta on the normalised
+    nodes theta_k = (s_k - s_0)/Delta s, Delta s = s_to - s_0 (s_to = 0 included)."""
+    ds = s_to - nodes[0]
+    return tuple(ds * w for w in exp_lagrange_weights([(v - nodes[0]) / ds for v in nodes], 0.0))
 
 
 def lms_weights(points: tuple[EvalPoint, ...], i: int, order: int) -> tuple[float, ...]:
-    """C_ij = int_{s_i}^{s_{i+1}} l_j(s) ds, Lagrange basis in s = sigma~ on s_i .. s_{i-p+1}.
-
-    Exact: Delta s int_0^1 l_j(theta) d theta on the normalised nodes
-    theta_k = (s_{i-k} - s_i)/Delta s.
-    """
-    s_i = points[i].sigma_edm
-    ds = points[i + 1].sigma_edm - s_i
-    nodes = [(points[i - k].sigma_edm - s_i) / ds for k in range(order)]
-    return tuple(ds * w for w in exp_lagrange_weights(nodes, 0.0))
+    """C_ij = int_{s_i}^{s_{i+1}} l_j(s) ds, Lagrange basis in s = sigma~ on s_i .. s_{i-p+1}."""
+    return lagrange_integrals([points[i - k].sigma_edm for k in range(order)],
+                              points[i + 1].sigma_edm)
 
 
 def eps_step(points: tuple[EvalPoint, ...], i: int, weights: tuple[float, ...]) -> LinearStep:
@@ -85,19 +98,71 @@ class LMS(_EpsMultistep):
     sigma~ (module docstring). 1 NFE per step (plus 1-2 per warm-up step with
     ``warmup="singlestep"``).
 
+    The final step into sigma = 0 is x <- D(x) (``final_step="denoise"``, the Euler step to
+    sigma~ = 0), or with ``final_step="multistep"`` the LMS step of order min(p, N + 1) from
+    the last node s_N to 0, x~ = x~_N + sum_j C_j eps_{N-j}, C_j = int_{s_N}^0 l_j (what
+    k-diffusion's ``sample_lms`` and diffusers' LMSDiscreteScheduler do).
+
+    ``prior_sigmas`` reproduces diffusers' LMSDiscreteScheduler when sampling starts at node
+    k > 0 of its grid (img2img): its order is min(p, k + i + 1) from the *absolute* step
+    index and its Lagrange basis uses the k earlier nodes s_0 .. s_{k-1} (``prior_sigmas``,
+    oldest first), of which only the weights of the derivatives it has (min(p, i + 1), the
+    newest first) enter the step. Not a consistent method on its own (the weights of a
+    higher-order basis applied to fewer derivatives); use it with ``lower_order_final=False``.
+
     Args:
         solver_order: 1..4 (default 4, k-diffusion's ``order``); 1 is Euler in sigma~ (= DDIM).
         warmup: "lower_order" (k-diffusion; globally O(h^2) for order > 2) or "singlestep".
         lower_order_final: lower the order of the last steps on grids of fewer than 15 steps.
+        final_step: "denoise" (default) or "multistep" (above).
+        prior_sigmas: sigma~ of the grid nodes before this run's first one (above).
     """
 
     name = "lms"
     title = "linear multistep in σ, orders 1–4 (k-diffusion `sample_lms`)"
     reference = "Crowson, k-diffusion sample_lms (2022); Karras et al. 2022 eq. 4"
+    final_step: Literal["denoise", "multistep"] = "denoise"
+    prior_sigmas: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.name, "final_step", self.final_step, ("denoise", "multistep"))
+        prior = tuple(float(v) for v in self.prior_sigmas)
+        if any(not v > 0.0 for v in prior):
+            raise SolverOptionError(f"{self.name}: prior_sigmas must be positive, got {prior}")
+        object.__setattr__(self, "prior_sigmas", prior)
+
+    def _weights(self, sigmas: Sequence[float], j: int, s_to: float, order: int,
+                 ) -> tuple[float, ...]:
+        """Weights of the step from sigmas[j] (absolute index j, earlier nodes before it):
+        the basis of order min(p, j + 1) with prior sigmas, else ``order``; the first
+        ``order`` of them (the derivatives available)."""
+        full = min(self.history_order, j + 1) if self.prior_sigmas else order
+        return lagrange_integrals([sigmas[j - k] for k in range(max(full, order))],
+                                  s_to)[:order]
 
     def multistep_step(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
                        order: int) -> LinearStep:
-        return eps_step(points, i, lms_weights(points, i, order))
+        sig = [*self.prior_sigmas, *(p.sigma_edm for p in points)]
+        j = i + len(self.prior_sigmas)
+        return eps_step(points, i, self._weights(sig, j, points[i + 1].sigma_edm, order))
+
+    def final_data(self, x: Tensor, state: Any, plan: GridPlan, denoised: Tensor) -> Tensor:
+        """x <- D(x), or the LMS step from the last node to sigma = 0 (``final_step``)."""
+        steps = plan.steps
+        order = min(self.history_order, steps + 1)
+        if self.lower_order_final and steps + 1 < LOWER_ORDER_FINAL_BELOW:
+            order = 1
+        if self.final_step == "denoise" or (order == 1 and not self.prior_sigmas):
+            return denoised
+        p = plan.points[-1]
+        hist = (eps_from_data(x, denoised, p), *(state or ()))[:order]
+        sig = [*self.prior_sigmas, *(q.sigma_edm for q in plan.points)]
+        w = self._weights(sig, len(sig) - 1, 0.0, len(hist))
+        out = x / p.alpha
+        for wj, e in zip(w, hist, strict=True):
+            out = out + wj * e
+        return out
 
 
 @register

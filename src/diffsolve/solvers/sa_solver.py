@@ -83,7 +83,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Real
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from torch import Tensor
 
@@ -229,6 +229,8 @@ class SASolver(Solver):
             True: PECE, D re-evaluated at every corrected point (2 NFE per step).
         lower_order_final: for grids of fewer than 15 steps cap the orders of the last steps
             (predictor min(s, total - i), corrector one more), as the multistep solvers.
+        lower_order_final_always: with ``lower_order_final``, lower them on every grid
+            (diffusers' SASolverScheduler), not only below 15 steps.
         s_noise: multiplies the injected noise (1 keeps the marginals exact; heuristic, P8).
         simple_order_2: use the order-2 "rescaling trick" (predictor slope alpha k h^2/(2
             h_prev), corrector slope alpha k h/2; UniPC-bh1 at tau = 0) wherever the order
@@ -236,12 +238,19 @@ class SASolver(Solver):
         final_corrector: also correct the last finite interval at the cost of one extra NFE
             (default False: the last step is predictor-only, as the official "few_steps"
             mode and ComfyUI).
+        tau_point: where tau of an interval is evaluated (below): "end" (default) or "start".
+        noise_every_step: draw the step's noise also where tau = 0 (below; default False).
 
     Where tau is evaluated: interval [i, i+1] uses tau_i = tau(sigma~_{i+1}), its END node,
     as the official code (tau(t) at the step's target time) and ComfyUI (tau at sigma_next);
-    diffusers evaluates at the start timestep. The end rule keeps a window given in the
-    reference implementations' terms meaning the same here. Any rule is consistent: every
-    piecewise-constant tau is a valid member of the SDE family, so the marginals are right.
+    diffusers evaluates at the start timestep (``tau_point="start"``). The end rule keeps a
+    window given in the reference implementations' terms meaning the same here. Any rule is
+    consistent: every piecewise-constant tau is a valid member of the SDE family, so the
+    marginals are right.
+
+    Noise: one draw per step where tau > 0; with ``noise_every_step`` one draw per step also
+    where tau is 0 (unused there), so that a sequential generator is consumed once per step,
+    as diffusers' scheduler does.
     """
 
     name = "sa_solver"
@@ -259,13 +268,18 @@ class SASolver(Solver):
     s_noise: float = 1.0
     simple_order_2: bool = False
     final_corrector: bool = False
+    tau_point: Literal["end", "start"] = "end"
+    lower_order_final_always: bool = False
+    noise_every_step: bool = False
 
     def __post_init__(self) -> None:
         n = self.name
         check_choice(n, "predictor_order", self.predictor_order, tuple(range(1, MAX_ORDER + 1)))
         check_choice(n, "corrector_order", self.corrector_order, tuple(range(MAX_ORDER + 1)))
-        for flag in ("pece", "lower_order_final", "simple_order_2", "final_corrector"):
+        for flag in ("pece", "lower_order_final", "simple_order_2", "final_corrector",
+                     "lower_order_final_always", "noise_every_step"):
             check_choice(n, flag, getattr(self, flag), (True, False))
+        check_choice(n, "tau_point", self.tau_point, ("end", "start"))
         if self.tau is not None and not callable(self.tau):
             if isinstance(self.tau, bool) or not isinstance(self.tau, Real):
                 raise SolverOptionError(
@@ -348,6 +362,11 @@ class SASolver(Solver):
         return max(self.predictor_order + 1, self.corrector_order)
 
     # -- plan ----------------------------------------------------------------------------------
+    def _lowers(self, total: int) -> bool:
+        """Whether ``lower_order_final`` caps the last orders on a grid of ``total`` steps."""
+        return self.lower_order_final and (self.lower_order_final_always
+                                           or total < LOWER_ORDER_FINAL_BELOW)
+
     def corrector_orders(self, steps: int, denoise_final: bool) -> list[int]:
         """Corrector order of each interval: min(c, i + 2), capped at the predictor's
         lower_order_final cap + 1."""
@@ -355,18 +374,26 @@ class SASolver(Solver):
         orders = []
         for i in range(steps):
             c = min(self.corrector_order, i + 2)
-            if self.lower_order_final and total < LOWER_ORDER_FINAL_BELOW:
+            if self._lowers(total):
                 c = min(c, total - i + 1)
             orders.append(c)
         return orders
+
+    def predictor_orders(self, steps: int, denoise_final: bool) -> list[int]:
+        """Predictor order of each interval: min(s, i + 1), with lower_order_final
+        min(s, total - i)."""
+        total = steps + (1 if denoise_final else 0)
+        return [min(o, total - i) if self._lowers(total) else o for i, o in
+                enumerate(step_orders(self.predictor_order, steps, denoise_final, False))]
 
     def plan(self, schedule: NoiseSchedule, lams: Tensor, *, denoise_final: bool = False,
              ) -> GridPlan:
         base = super().plan(schedule, lams, denoise_final=denoise_final)
         pts, steps = base.points, base.steps
-        p_orders = step_orders(self.predictor_order, steps, denoise_final, self.lower_order_final)
+        p_orders = self.predictor_orders(steps, denoise_final)
         c_orders = self.corrector_orders(steps, denoise_final)
-        taus = [self.tau_at(pts[i + 1].sigma_edm) for i in range(steps)]
+        at = 0 if self.tau_point == "start" else 1
+        taus = [self.tau_at(pts[i + at].sigma_edm) for i in range(steps)]
         predict = [predictor_weights(pts, i, p_orders[i], taus[i] ** 2, self.simple_order_2)
                    for i in range(steps)]
 
@@ -405,9 +432,10 @@ class SASolver(Solver):
                 d = model.data(x, p_s)
                 history = (d, *state)
         x_next = accumulate(co.lin * x, co.predict, history)
-        if co.noise_std > 0.0 and noise is not None:
+        if noise is not None and (co.noise_std > 0.0 or self.noise_every_step):
             xi = noise.normal(x, step=i, draw=0, lam_from=p_s.lam, lam_to=p_t.lam)
-            x_next = x_next + (self.s_noise * co.noise_std) * xi
+            if co.noise_std > 0.0:
+                x_next = x_next + (self.s_noise * co.noise_std) * xi
         if co.final_correct:  # corrector of the last interval (extra NFE)
             d_next = model.data(x_next, p_t)
             x_next = accumulate(x_next, co.final_correct, (d_next, *history))

@@ -38,14 +38,15 @@ lower-order start is globally O(h^2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..core.expint import phi
+from ..core.errors import SolverOptionError
+from ..core.expint import lagrange_weights, phi
 from ..core.schedules import EvalPoint, NoiseSchedule
 from .base import GridPlan, Solver, StepOutput, check_choice, register
 from .engines.history import WARMUPS, HistorySolver, StepKind, warmup_stages
@@ -72,6 +73,7 @@ class UniPCStep:
 
     predictor: UniUpdate | tuple[Stage, ...]
     corrector: UniUpdate | None
+    compensation: tuple[float, ...] | None = None  # DC-Solver's Lagrange weights (DCSolver)
 
 
 def unipc_rhos(rs: list[float], hh: float, variant: Variant) -> tuple[float, list[float]]:
@@ -124,6 +126,8 @@ class UniPC(HistorySolver):
         variant: B(h) = h ("bh1") or e^h - 1 ("bh2", default, as diffusers).
         use_corrector: apply UniC after every step but the last (default True).
         lower_order_final: lower the order of the last steps on grids of fewer than 15 steps.
+        lower_order_final_always: with ``lower_order_final``, lower them on every grid
+            (diffusers' UniPCMultistepScheduler; its ``from_config`` choice).
         warmup: "lower_order" (the paper) or "singlestep".
 
     Declared order: p + 1 with the corrector (p without), min(p + 1, 3) with the paper's
@@ -136,9 +140,12 @@ class UniPC(HistorySolver):
     solver_order: int = 3
     variant: Variant = "bh2"
     use_corrector: bool = True
+    lower_order_final_always: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.name, "solver_order", self.solver_order, (1, 2, 3))
+        check_choice(self.name, "lower_order_final_always", self.lower_order_final_always,
+                     (True, False))
         check_choice(self.name, "variant", self.variant, ("bh1", "bh2"))
         check_choice(self.name, "use_corrector", self.use_corrector, (True, False))
         check_choice(self.name, "warmup", self.warmup, WARMUPS)
@@ -146,6 +153,11 @@ class UniPC(HistorySolver):
     @property
     def history_order(self) -> int:
         return int(self.solver_order)
+
+    @property
+    def final_lowering(self) -> bool | str:
+        return "always" if self.lower_order_final and self.lower_order_final_always \
+            else self.lower_order_final
 
     @property
     def nominal_order(self) -> int:  # UniC-p raises UniP-p by one (Thm. 3.1)
@@ -178,22 +190,116 @@ class UniPC(HistorySolver):
 
     def step(self, i: int, x: Tensor, state: tuple[tuple[Tensor, ...], Tensor | None],
              plan: GridPlan, model: Denoiser, noise: NoiseSource) -> StepOutput:
-        history, x_prev = state
+        history = state[0]
         coeffs: UniPCStep = plan.extra[i]
         p = plan.points[i]
-        keep = int(self.solver_order)
+        keep = self.history_keep
         if isinstance(coeffs.predictor, tuple):  # single-step warm-up (a prefix, uncorrected)
             out = run_stages(i, x, coeffs.predictor, p, model, noise, eta=0.0, form="data")
             return StepOutput(x=out.x, state=((out.denoised, *history)[:keep], None),
                               denoised=out.denoised)
         d = model.data(x, p)
+        x, hist = self.correct(coeffs, x, state, d)
+        x_next = self.predict(coeffs, x, hist)
+        return StepOutput(x=x_next, state=(hist, x), denoised=d)
+
+    def correct(self, coeffs: UniPCStep, x: Tensor,
+                state: tuple[tuple[Tensor, ...], Tensor | None], d: Tensor,
+                ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The corrected x_i (UniC of step i - 1 with D at the uncorrected x_i) and the
+        history (D_i, D_{i-1}, ...) the predictor of step i uses."""
+        history, x_prev = state
         if coeffs.corrector is not None and x_prev is not None:
-            c = coeffs.corrector  # UniC of step i - 1, with D at the uncorrected x_i
+            c = coeffs.corrector
             x = torch.mul(x_prev, c.lin)  # fresh tensor: accumulate in place
             for w, f in zip(c.weights, (d, *history), strict=False):
                 x.add_(f, alpha=w)
-        hist = (d, *history)[:keep]
+        hist = (d, *history)[:self.history_keep]
+        if coeffs.compensation is not None:  # DC-Solver: D_i -> its Lagrange value at tau_i
+            comp = torch.mul(hist[0], coeffs.compensation[0])
+            for w, f in zip(coeffs.compensation[1:], hist[1:], strict=False):
+                comp.add_(f, alpha=w)
+            hist = (comp, *hist[1:])
+        return x, hist
+
+    def predict(self, coeffs: UniPCStep, x: Tensor, hist: tuple[Tensor, ...]) -> Tensor:
+        """UniP of step i from the corrected x_i and the history."""
+        assert isinstance(coeffs.predictor, UniUpdate)
         x_next = torch.mul(x, coeffs.predictor.lin)
         for w, f in zip(coeffs.predictor.weights, hist, strict=False):
             x_next.add_(f, alpha=w)
-        return StepOutput(x=x_next, state=(hist, x), denoised=d)
+        return x_next
+
+    @property
+    def history_keep(self) -> int:
+        """Model outputs kept in the state (the predictor's order)."""
+        return int(self.solver_order)
+
+
+def dc_weights(points: tuple[EvalPoint, ...], i: int, ratio: float, dc_order: int,
+               ) -> tuple[float, ...] | None:
+    """DC-Solver's compensation of step i (Zhao et al. 2024, arXiv 2409.03755, Sec. 4.1;
+    research note C.2): the Lagrange weights, on the nodes t_i, t_{i-1}, ..., t_{i-K}, of the
+    point tau_i = ratio t_i + (1 - ratio) t_{i-1} (the schedule's own time t). None where
+    the step has fewer than K + 1 outputs (i < K) or ratio == 1 (no compensation)."""
+    if i < dc_order or ratio == 1.0:
+        return None
+    nodes = [points[i - k].t for k in range(dc_order + 1)]
+    tau = ratio * points[i].t + (1.0 - ratio) * points[i - 1].t
+    return tuple(lagrange_weights(nodes, tau))
+
+
+@register
+@dataclass(frozen=True)
+class DCSolver(UniPC):
+    """DC-Solver (Zhao et al. 2024): UniPC whose newest model output is replaced, before each
+    predictor, by its Lagrange inter/extrapolation in t through the last K + 1 outputs at
+    tau_i = rho_i t_i + (1 - rho_i) t_{i-1} (dynamic compensation of the misalignment between
+    the corrected x_i and D evaluated at the uncorrected point; Sec. 4.1).
+
+    The ratios rho_i come from a calibration against a reference trajectory
+    (:mod:`diffsolve.drivers.dc_solver`); rho = 1 is no compensation, so without
+    ``dc_ratios`` this is UniPC exactly. Cost and order are UniPC's (1 NFE per step; the
+    ratios are fitted per grid, so the declared order is UniPC's; with rho = 1 it is UniPC).
+
+    Args (besides UniPC's; defaults of the paper's code: order 3 UniPC, K = 2):
+        dc_ratios: rho_i per finite step (None: all 1); steps 0..K-1 are never compensated.
+        dc_order: K, the degree of the Lagrange polynomial (1..3).
+    """
+
+    name = "dc_solver"
+    title = "DC-Solver: UniPC with dynamic compensation (calibrated ratios)"
+    reference = "Zhao et al. 2024 (arXiv 2409.03755) Sec. 4.1-4.2"
+    dc_ratios: tuple[float, ...] | None = None
+    dc_order: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.name, "dc_order", self.dc_order, (1, 2, 3))
+        if self.dc_ratios is not None:
+            ratios = tuple(float(r) for r in self.dc_ratios)
+            if not all(math.isfinite(r) for r in ratios):
+                raise SolverOptionError(f"{self.name}: dc_ratios must be finite, got {ratios}")
+            object.__setattr__(self, "dc_ratios", ratios)
+
+    @property
+    def history_keep(self) -> int:
+        return max(int(self.solver_order), int(self.dc_order) + 1)
+
+    def plan(self, schedule: NoiseSchedule, lams: Tensor, *, denoise_final: bool = False,
+             ) -> GridPlan:
+        base = UniPC.plan(self, schedule, lams, denoise_final=denoise_final)
+        ratios = self.dc_ratios
+        if ratios is None:
+            return base
+        if len(ratios) != base.steps:
+            raise SolverOptionError(
+                f"{self.name}: dc_ratios has {len(ratios)} entries for a grid of {base.steps} "
+                "finite steps (calibrate for this grid, or predict the ratios with "
+                "diffsolve.drivers.dc_solver.predict_ratios)")
+        extra = []
+        for i, e in enumerate(base.extra):
+            comp = None if isinstance(e.predictor, tuple) else dc_weights(
+                base.points, i, ratios[i], int(self.dc_order))
+            extra.append(replace(e, compensation=comp))
+        return base.with_extra(extra)

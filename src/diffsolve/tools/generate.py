@@ -387,13 +387,14 @@ def _preflight(den: Denoiser, sample_shape: tuple[int, ...], batch: int, *, solv
     if not isinstance(grid, str):
         raise GenerateConfigError(f"grid must be a grid name, got {type(grid).__name__}")
     check_solver_options(solver, solver_options)
-    solver_obj = get_solver(solver, **solver_options)
     if nfe is not None and steps is not None:
         raise GenerateConfigError("give one of `nfe` and `steps`, not both")
-    to_zero = bool(grid_options.get("to_zero", True))
-    n_steps = steps if steps is not None else steps_for_nfe(solver_obj, int(nfe or 0),
-                                                            to_zero=to_zero)
-    resolve_grid(grid, den, n_steps, **grid_options)
+    if grid != "tuned":  # a tuned entry's grid and solver were checked by resolve_tuned
+        solver_obj = get_solver(solver, **solver_options)
+        to_zero = bool(grid_options.get("to_zero", True))
+        n_steps = steps if steps is not None else steps_for_nfe(solver_obj, int(nfe or 0),
+                                                                to_zero=to_zero)
+        resolve_grid(grid, den, n_steps, **grid_options)
     check_model_shape(den, sample_shape, "generate")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise GenerateConfigError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -417,6 +418,7 @@ def generate(
     nfe: int | None = None,
     steps: int | None = None,
     grid: str = "karras",
+    tuned: str | os.PathLike[str] | None = None,
     seed: int = 0,
     shard_size: int = 500,
     shape: Sequence[int] | None = None,
@@ -441,6 +443,10 @@ def generate(
         out: output folder (created; an existing run there is resumed).
         solver, nfe, steps, grid, grid_options, solver_options: as :func:`diffsolve.sample`
             (default ``nfe=20`` if neither nfe nor steps is given).
+        tuned: a tuned artefact (``diffsolve tune``; path or shipped model name): the solver,
+            its options and the grid of its entry at ``nfe`` (``solver`` picks that solver's
+            own entry if it has one) replace ``solver`` and ``grid``; the manifest records
+            the entry.
         seed: run seed; sample i is keyed by (seed, i).
         shard_size: samples per shard (also the batch size of one sampling call).
         shape: one sample's shape (only needed for a Denoiser without ``.shape``).
@@ -483,6 +489,21 @@ def generate(
         dev = check_device(torch.device("cuda", local))
         assert dev is not None
     den, sample_shape, model_name = _resolve_model(model, shape, dev)
+    tuned_art: Any = None
+    tuned_record: dict[str, Any] | None = None
+    if tuned is not None:
+        from ..drivers.tuned import load_tuned, resolve_tuned
+
+        if steps is not None:
+            raise GenerateConfigError("a tuned artefact is chosen by NFE budget: give nfe, "
+                                      "not steps")
+        tuned_art = load_tuned(tuned)
+        solver, _, _, entry = resolve_tuned(tuned_art, den, solver, nfe, None)  # type: ignore[misc]
+        grid = "tuned"
+        tuned_record = {"nfe": entry.nfe, "solver": entry.solver,
+                        "solver_options": entry.solver_options,
+                        "statistics": bool(entry.statistics), "sigmas": list(entry.sigmas),
+                        "weights_sha256": tuned_art.model.get("weights_sha256")}
     _preflight(den, sample_shape, min(shard_size, n), solver=solver, nfe=nfe, steps=steps,
                grid=grid, grid_options=grid_options, solver_options=solver_options,
                dtype=dtype, device=dev, image_format=image_format)
@@ -497,6 +518,7 @@ def generate(
             "shard_size": shard_size, "solver": solver, "nfe": nfe, "steps": steps,
             "grid": grid, "grid_options": grid_options, "seed": seed,
             "solver_options": solver_options, "dtype": str(dtype).replace("torch.", ""),
+            **({"tuned": tuned_record} if tuned_record is not None else {}),
         })
         config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
         folder = Path(out)
@@ -537,7 +559,8 @@ def generate(
                             image_format=image_format,
                             run=lambda start, stop: sample(
                                 den, (stop - start, *sample_shape), solver=solver, nfe=nfe,
-                                steps=steps, grid=grid, seed=seed, offset=start, dtype=dtype,
+                                steps=steps, grid=grid if tuned_art is None else tuned_art,
+                                seed=seed, offset=start, dtype=dtype,
                                 device=dev, grid_options=grid_options, progress=False,
                                 check_finite="end", **solver_options))
             bar.update(ranges[k][1] - ranges[k][0])

@@ -54,15 +54,17 @@ WARMUPS: tuple[Warmup, ...] = ("lower_order", "singlestep")
 LOWER_ORDER_FINAL_BELOW = 15
 
 
-def step_orders(order: int, steps: int, denoise_final: bool, lower_order_final: bool, *,
+def step_orders(order: int, steps: int, denoise_final: bool, lower_order_final: bool | str, *,
                 ramp: bool = True, caps: Sequence[int] | None = None) -> list[int]:
     """Order of each step: the warm-up ramp min(order, i + 1) (if ``ramp``), the final-step
-    caps min(order, total - i) of ``lower_order_final``, and the per-step ``caps``."""
+    caps min(order, total - i) of ``lower_order_final`` (True: on grids of fewer than 15
+    steps; "always": on every grid, as diffusers' UniPC), and the per-step ``caps``."""
     total = steps + (1 if denoise_final else 0)
     orders = []
     for i in range(steps):
         o = min(order, i + 1) if ramp else order
-        if lower_order_final and total < LOWER_ORDER_FINAL_BELOW:
+        if lower_order_final and (lower_order_final == "always"
+                                  or total < LOWER_ORDER_FINAL_BELOW):
             o = min(o, total - i)
         orders.append(max(o, 1))
     if caps is not None:
@@ -86,7 +88,7 @@ class StepKind:
         return StageTable.of_order(self.order).evaluations if self.singlestep else 1
 
 
-def warmup_schedule(order: int, steps: int, denoise_final: bool, lower_order_final: bool,
+def warmup_schedule(order: int, steps: int, denoise_final: bool, lower_order_final: bool | str,
                     warmup: Warmup, caps: Sequence[int] | None = None) -> tuple[StepKind, ...]:
     """The kind and order of every step (module docstring): THE warm-up of every multistep
     family. Its evaluation counts are the family's cost declaration."""
@@ -207,6 +209,11 @@ class HistorySolver(Solver):
         return None
 
     @property
+    def final_lowering(self) -> bool | str:
+        """``lower_order_final`` as :func:`step_orders` takes it (a family may say "always")."""
+        return self.lower_order_final
+
+    @property
     def eta(self) -> float:
         return 0.0
 
@@ -224,7 +231,7 @@ class HistorySolver(Solver):
 
     # -- derived ------------------------------------------------------------------------------
     def step_kinds(self, steps: int, denoise_final: bool) -> tuple[StepKind, ...]:
-        return warmup_schedule(self.history_order, steps, denoise_final, self.lower_order_final,
+        return warmup_schedule(self.history_order, steps, denoise_final, self.final_lowering,
                                self.warmup, self.order_caps)
 
     def step_evaluations(self, steps: int, denoise_final: bool) -> tuple[int, ...]:
@@ -234,7 +241,7 @@ class HistorySolver(Solver):
         caps = self.order_caps
         if caps is not None and len(caps) != steps:
             caps = None
-        kinds = warmup_schedule(self.history_order, steps, denoise_final, self.lower_order_final,
+        kinds = warmup_schedule(self.history_order, steps, denoise_final, self.final_lowering,
                                 self.warmup, caps)
         return tuple(k.evaluations for k in kinds)
 
