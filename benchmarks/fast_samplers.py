@@ -37,6 +37,7 @@ from diffsolve.bench.store import environment, write_json_atomic
 from diffsolve.bench.store import now as _now
 from diffsolve.bench.tasks import make_task
 from diffsolve.grid_search import SearchedGrid, reference_endpoints, search_grid
+from diffsolve.noise import NOISE_STREAM_VERSION
 from diffsolve.solvers import get_solver, list_solvers, solver_class
 from diffsolve.tools.v3_calibration import EMS, compute_statistics
 
@@ -274,7 +275,13 @@ def write_report(results: dict[str, Any], out: Path, nfes: list[int]) -> None:
              "`dpmpp_3m` (DPM-Solver++(3M), Karras grid). Lower is better everywhere. "
              "Evaluation noise is disjoint from the calibration noise. NFE counts the "
              "sampling run only; the one-off calibration cost (EMS, grid search) is listed "
-             "under each model.", ""]
+             "under each model.", "",
+             "**One evaluation seed** (seed 0; noise streams v"
+             f"{results.get('noise_stream_version', '?')}): this table has no error bars, so "
+             "read differences below the seed-to-seed spread as ties. The Karras-grid rows "
+             "on digits are repeated over 3 seeds with 95 % intervals in "
+             "`docs/bench/digits/` (the spread there: about ±1-3 feature FD at 10-20 NFE); "
+             "the searched / EMS rows are calibrated per model and were not repeated.", ""]
     for model, info in results.get("models", {}).items():
         primary = info["primary_metric"]
         lines += [f"## {model} ({info['samples']} samples)", ""]
@@ -419,7 +426,7 @@ def main() -> None:
     versions, hardware = environment()
     results.update({"format": FORMAT, "kind": "fast_samplers", "versions": versions,
                     "hardware": hardware, "baseline": BASELINE, "nfe": nfes,
-                    "updated_at": _now()})
+                    "noise_stream_version": NOISE_STREAM_VERSION, "updated_at": _now()})
     if not args.report_only:
         for m in args.models.split(","):
             samples = args.digits_samples if m == "digits" else None
