@@ -31,6 +31,7 @@ so the global error is O(h^2) asymptotically. ``warmup="singlestep"`` runs the f
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -130,7 +131,19 @@ class LMS(_EpsMultistep):
         prior = tuple(float(v) for v in self.prior_sigmas)
         if any(not v > 0.0 for v in prior):
             raise SolverOptionError(f"{self.name}: prior_sigmas must be positive, got {prior}")
+        if any(a <= b for a, b in itertools.pairwise(prior)):
+            raise SolverOptionError(f"{self.name}: prior_sigmas must be strictly decreasing "
+                                    f"(the grid nodes before the run's first), got {prior}")
         object.__setattr__(self, "prior_sigmas", prior)
+
+    def _nodes(self, points: Sequence[EvalPoint]) -> list[float]:
+        """sigma~ of the prior nodes and the run's nodes (the Lagrange basis's abscissae)."""
+        sig = [*self.prior_sigmas, *(p.sigma_edm for p in points)]
+        if self.prior_sigmas and not self.prior_sigmas[-1] > sig[len(self.prior_sigmas)]:
+            raise SolverOptionError(
+                f"{self.name}: prior_sigmas {self.prior_sigmas} must lie above the grid's first "
+                f"sigma {sig[len(self.prior_sigmas)]:.6g} (they are the nodes before it)")
+        return sig
 
     def _weights(self, sigmas: Sequence[float], j: int, s_to: float, order: int,
                  ) -> tuple[float, ...]:
@@ -143,7 +156,7 @@ class LMS(_EpsMultistep):
 
     def multistep_step(self, schedule: NoiseSchedule, points: tuple[EvalPoint, ...], i: int,
                        order: int) -> LinearStep:
-        sig = [*self.prior_sigmas, *(p.sigma_edm for p in points)]
+        sig = self._nodes(points)
         j = i + len(self.prior_sigmas)
         return eps_step(points, i, self._weights(sig, j, points[i + 1].sigma_edm, order))
 
@@ -157,7 +170,7 @@ class LMS(_EpsMultistep):
             return denoised
         p = plan.points[-1]
         hist = (eps_from_data(x, denoised, p), *(state or ()))[:order]
-        sig = [*self.prior_sigmas, *(q.sigma_edm for q in plan.points)]
+        sig = self._nodes(plan.points)
         w = self._weights(sig, len(sig) - 1, 0.0, len(hist))
         out = x / p.alpha
         for wj, e in zip(w, hist, strict=True):

@@ -160,6 +160,13 @@ class UniPC(HistorySolver):
             else self.lower_order_final
 
     @property
+    def order(self) -> int:
+        # lowering the final orders on every grid (diffusers): the last step is UniP-1 without
+        # a corrector, local error O(h^2) on every grid, so the global order is at most 2
+        o = super().order
+        return min(o, 2) if self.final_lowering == "always" else o
+
+    @property
     def nominal_order(self) -> int:  # UniC-p raises UniP-p by one (Thm. 3.1)
         return self.history_order + (1 if self.use_corrector else 0)
 
