@@ -65,9 +65,9 @@ correction. Noise: the corrector draws from its own per-sample streams keyed by
 seeds derive_seed(derive_seed(seed, offset + b), CORRECTOR_DOMAIN), step node * n_steps + m,
 so sample b depends only on (seed, offset + b) and never shares a draw with the solver.
 
-Why a loop of its own and not :func:`diffsolve.drivers.loop.integrate`: the corrector changes
-the state between solver steps, which the sampling loop's read-only hook deliberately does not
-allow (its runs are replayed bitwise by the finite check and the Stepper).
+The steps run in THE sampling loop, :func:`diffsolve.drivers.loop.integrate`, whose
+``between_steps`` hook applies the corrector after each solver step (``solve``'s read-only
+``after_step`` hook, replayed bitwise by the finite check, is not used here).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ from ..core.models import Denoiser
 from ..core.noise import NoiseSource, PerSampleStreams, derive_seed, make_noise
 from ..core.schedules import EvalPoint
 from ..solvers import Solver, get_solver
-from .loop import SampleResult, initial_noise, resolve_grid
+from .loop import SampleResult, initial_noise, integrate, resolve_grid
 
 CORRECTOR_DOMAIN = 0xC0_44EC_7012
 """Domain constant separating the corrector's noise streams from the solver's."""
@@ -306,15 +306,15 @@ def corrected_solve(model: Denoiser, x: Tensor, grid: Grid, solver: str | Solver
                            offset=offset, lam_range=(float(finite[0]), float(finite[-1])))
     c_noise = corrector_noise_source or corrector_noise(seed, x.shape[0], offset)
     nfe0 = model.nfe
-    state = solver_obj.init_state(x, plan)
-    c_state = corr.init_state(x)
-    for i in range(plan.steps):
-        out = solver_obj.step(i, x, state, plan, model, noise_src)
-        x, state = out.x, out.state
-        x, c_state = corr.correct(i + 1, x, plan.points[i + 1], model, c_noise, c_state)
-    if final_denoise:
-        denoised = model.data(x, plan.points[-1])
-        x = solver_obj.final_data(x, state, plan, denoised)
+    c_state = [corr.init_state(x)]
+
+    def correct(i: int, x_i: Tensor) -> Tensor:  # at node i + 1, after predictor step i
+        x_i, c_state[0] = corr.correct(i + 1, x_i, plan.points[i + 1], model, c_noise,
+                                       c_state[0])
+        return x_i
+
+    x = integrate(solver_obj, plan, model, noise_src, x, final_denoise=final_denoise,
+                  between_steps=correct)
     return SampleResult(x=x, nfe=model.nfe - nfe0, grid=grid)
 
 

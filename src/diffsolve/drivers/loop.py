@@ -71,18 +71,24 @@ def steps_for_nfe(solver: Solver, nfe: int, *, to_zero: bool = True) -> int:
 
 
 StepHook = Callable[[int, Tensor, Tensor], None]
+StateHook = Callable[[int, Tensor], Tensor]
 
 
 def integrate(solver: Solver, plan: GridPlan, model: Denoiser, noise: NoiseSource | None,
-              x: Tensor, *, final_denoise: bool, after_step: StepHook | None = None) -> Tensor:
+              x: Tensor, *, final_denoise: bool, after_step: StepHook | None = None,
+              between_steps: StateHook | None = None) -> Tensor:
     """THE sampling loop: ``solver`` over ``plan`` from state ``x``, then x <- D(x) if
-    ``final_denoise``. ``after_step(i, x, denoised)`` runs after each step (i = plan.steps
-    for the final denoise). No checks and no host synchronisation of its own, so it can be
-    compiled or captured (:mod:`diffsolve.drivers.compiled`)."""
+    ``final_denoise``. ``between_steps(i, x) -> x`` may replace the state after step i (a
+    corrector, :mod:`diffsolve.drivers.corrector`); ``after_step(i, x, denoised)`` then
+    observes it (i = plan.steps for the final denoise). No checks and no host
+    synchronisation of its own, so it can be compiled or captured
+    (:mod:`diffsolve.drivers.compiled`)."""
     state = solver.init_state(x, plan)
     for i in range(plan.steps):
         out = solver.step(i, x, state, plan, model, noise)  # type: ignore[arg-type]
         x, state = out.x, out.state
+        if between_steps is not None:
+            x = between_steps(i, x)
         if after_step is not None:
             after_step(i, x, out.denoised)
     if final_denoise:
