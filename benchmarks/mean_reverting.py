@@ -8,7 +8,7 @@ schedule with constant theta = 4.6 (alpha_T = 0.01) and lambda_inf = 0.5, t from
   against the closed-form flow.
 * SDE variants (MRS sde-data-1/2, sde-noise-1/2) and Euler-Maruyama in t on the reverse SDE:
   weak error |mean error| + |variance error| of the output at t_min on 1-D data, computed
-  exactly (no Monte Carlo) by linearity (tests/analytic.py ``linear_output_moments``).
+  exactly (no Monte Carlo) by linearity (``diffsolve.bench.exact_moments.linear_output_moments``).
 
 Both on uniform-lambda and uniform-t (MRS's default "linspace") grids; one NFE per step for
 every method. The order is the least-squares slope of log error against log(1/steps).
@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 
+from diffsolve.bench.exact_moments import linear_output_moments
 from diffsolve.core.mean_reverting import MeanReverting
 from diffsolve.drivers.mean_reverting import mrs_options, sample_mean_reverting
 from diffsolve.grids import make_grid
 from diffsolve.zoo import MeanRevertingGaussian
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from analytic import linear_output_moments  # the exact-moment helper of the tests
 
 ODE_STEPS = (10, 20, 40, 80, 160)
 SDE_STEPS = (20, 40, 80, 160, 320)

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from diffsolve.bench.exact_moments import linear_output_moments
 from diffsolve.models import Denoiser
 from diffsolve.schedules import NoiseSchedule
 
@@ -47,40 +48,6 @@ def fitted_slope(hs: list[float], errors: list[float]) -> float:
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum(
         (a - mx) ** 2 for a in lx)
-
-
-def linear_output_moments(model: Denoiser, grid, solver, x_mean: float, x_var: float,
-                          **options) -> tuple[float, float]:
-    """Exact mean and variance of a sampler's output on 1-D Gaussian data, without Monte Carlo.
-
-    With Gaussian data the denoiser is affine, so every exponential-integrator update is
-    linear in the start x_T and in each noise draw xi_k: out = a x_T + sum_k b_k xi_k + c
-    (aesthetics research note Sec. 3.5, tier 5). One batched run recovers a, c and every b_k:
-    element 0 starts at 0 with zero noise, element 1 at 1, element 2 + k at 0 with a unit
-    impulse in draw k. Then E[out] = a E[x_T] + c and Var[out] = a^2 Var[x_T] + sum b_k^2.
-    """
-    from diffsolve import solve
-    from diffsolve.noise import GivenNoise, RecordingNoise, ZeroNoise
-
-    probe = RecordingNoise(ZeroNoise())
-    solve(model, torch.zeros(1, 1, dtype=torch.float64), grid, solver, noise=probe,
-          progress=False, **options)
-    keys = sorted({(r.step, r.draw) for r in probe.requests})
-    batch = 2 + len(keys)
-    x = torch.zeros(batch, 1, dtype=torch.float64)
-    x[1] = 1.0
-    given = {}
-    for k, key in enumerate(keys):
-        t = torch.zeros(batch, 1, dtype=torch.float64)
-        t[2 + k] = 1.0
-        given[key] = t
-    out = solve(model, x, grid, solver, noise=GivenNoise(given), progress=False, **options).x
-    c = out[0, 0]
-    a = out[1, 0] - c
-    b = out[2:, 0] - c
-    mean = float(a * x_mean + c)
-    var = float(a * a * x_var + (b * b).sum())
-    return mean, var
 
 
 def gaussian_weak_errors(solver, options: dict, schedule: NoiseSchedule, grids: list,

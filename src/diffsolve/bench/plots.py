@@ -13,9 +13,31 @@ import torch
 from ..core.errors import NonFiniteError, SolverOptionError
 from .cells import draw
 from .summary import value
-from .tasks import METRIC_LABELS, TARGET, BenchTask
+from .tasks import METRIC_LABELS, TARGET, BenchTask, badness
 
 GRID_SAMPLES = 32
+
+
+HIGHLIGHT_MAX = 10
+HIGHLIGHT_PER_BUDGET = 2
+
+
+def highlighted(solvers: Sequence[str], cells: dict[tuple[str, int], dict[str, Any]],
+                metric: str) -> list[str]:
+    """The solvers drawn in colour: all of them when there are at most :data:`HIGHLIGHT_MAX`,
+    else the :data:`HIGHLIGHT_PER_BUDGET` best (lowest mean of ``metric``, as plotted) at
+    each budget, in the table's order."""
+    if len(solvers) <= HIGHLIGHT_MAX:
+        return list(solvers)
+    best: set[str] = set()
+    for nfe in sorted({n for _, n in cells}):
+        ranked = []
+        for s in solvers:
+            v = value(cells[(s, nfe)], metric) if (s, nfe) in cells else None
+            if v is not None and math.isfinite(v["mean"]):
+                ranked.append((badness(metric, v["mean"]), s))
+        best.update(s for _, s in sorted(ranked)[:HIGHLIGHT_PER_BUDGET])
+    return [s for s in solvers if s in best]
 
 
 def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
@@ -24,7 +46,9 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
     """Log-log metric versus NFE used, one line per solver (solid: SDE, dashed: ODE), the
     mean over seeds with its 95 % interval as a band, and the real/exact-data floor's interval
     as a grey band. Metrics with a target (ll_gap, var_ratio) are plotted as |mean - target|
-    with the interval shifted alike."""
+    with the interval shifted alike. With more than :data:`HIGHLIGHT_MAX` solvers only
+    :func:`highlighted` ones (the best at some budget) get colour, band and legend entry; the
+    rest are thin grey lines, so a 40-solver table stays readable."""
     import matplotlib
     import matplotlib.ticker
 
@@ -44,11 +68,15 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
     def tr(m: str, v: float) -> float:
         return abs(v - TARGET[m]) if m in TARGET else v
 
-    for j, s in enumerate(cfg["solvers"]):
+    shown_in = {m: highlighted(cfg["solvers"], cells, m) for m in metrics}
+    shown = [s for s in cfg["solvers"] if any(s in v for v in shown_in.values())]
+    for s in cfg["solvers"]:
         row = sorted((c for (sv, _), c in cells.items() if sv == s), key=lambda c: c["nfe"])
         stochastic = bool(row and row[0]["stochastic"])
-        color = cmap((2 * j) % 20 + (j // 10) % 2)
+        k = shown.index(s) if s in shown else 0
+        color = cmap((2 * k) % 20 + (k // 10) % 2)  # one colour per solver in every panel
         for ax, m in zip(axes[0], metrics, strict=True):
+            others = [o for o in cfg["solvers"] if o not in shown_in[m]]
             pts = []
             for c in row:
                 v = value(c, m)
@@ -65,10 +93,15 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
             if not pts:
                 continue
             xs, ys, los, his = zip(*pts, strict=True)
+            if s not in shown_in[m]:
+                ax.plot(xs, ys, "-" if stochastic else "--", color="0.75", lw=0.7, zorder=1,
+                        label="other solvers" if s == others[0] else None)
+                continue
             ax.plot(xs, ys, "-" if stochastic else "--", color=color,
-                    marker=markers[j % len(markers)], ms=4, lw=1.3,
+                    marker=markers[k % len(markers)], ms=4, lw=1.3, zorder=3,
                     label=f"{s} ({'SDE' if stochastic else 'ODE'})")
-            ax.fill_between(xs, [max(lo, y * 1e-3) for lo, y in zip(los, ys, strict=True)],
+            # the band's lower edge is clipped at a tenth of the mean (log axis)
+            ax.fill_between(xs, [max(lo, y * 0.1) for lo, y in zip(los, ys, strict=True)],
                             his, color=color, alpha=0.15, lw=0)
     floor = results.get("floor", {})
     for ax, m in zip(axes[0], metrics, strict=True):
@@ -88,11 +121,19 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
             if hi > 0:
                 ax.axhspan(max(f["lo"], 0.0) if m not in TARGET else 0.0, hi, color="grey",
                            alpha=0.2, label="floor (exact/real data, 95 % CI)")
-    axes[0][0].set_title(f"{cfg['model']}: {cfg['samples']} samples x {len(cfg['seeds'])} "
-                         "seeds; bands: 95 % CI", fontsize=10)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    axes[0][-1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                       fontsize=7, title="solid: SDE, dashed: ODE", title_fontsize=7)
+    title = (f"{cfg['model']}: {cfg['samples']} samples x {len(cfg['seeds'])} seeds; "
+             "bands: 95 % CI")
+    if len(shown_in[metrics[0]]) < len(cfg["solvers"]):
+        title += (f"\ncolour: the {HIGHLIGHT_PER_BUDGET} best at each budget (per panel); "
+                  "grey: the rest")
+    axes[0][0].set_title(title, fontsize=10)
+    entries: dict[str, Any] = {}  # legend: every panel's entries, once each
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(lab, h)
+    axes[0][-1].legend(list(entries.values()), list(entries), loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0), fontsize=7,
+                       title="solid: SDE, dashed: ODE", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
