@@ -12,9 +12,16 @@ setup are reused, so re-running later fills in solvers registered since (``--fre
 the cells but keeps the cached EMS, searched grids and references). Calibration (EMS and grid
 search) uses noise seeds disjoint from the evaluation noise; its cost is recorded.
 
+Every cell is run for each evaluation seed (``--seeds``, default 0,1,2: initial and
+evaluation noise); tables show mean +- the 95 % Student-t half-width over the seeds, a row
+"beats" the baseline only where the two intervals separate, and the ratio to the baseline is
+also given paired (per seed, same noise). Calibration (EMS, searched grids) is done once per
+model on its own noise and shared by the seeds, so the intervals are evaluation noise only.
+
 Usage (1 core):
     OMP_NUM_THREADS=1 python benchmarks/fast_samplers.py --out docs/bench/fast_samplers \
-        [--models gmm-err,digits] [--nfe 5,10,20] [--digits-samples 500] [--fresh]
+        [--models gmm-err,digits] [--nfe 5,10,20] [--seeds 0,1,2] [--digits-samples 500]
+        [--fresh]
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch
 from diffsolve import initial_noise, sample
 from diffsolve.bench.cells import ode_reference
 from diffsolve.bench.metrics import ode_error
+from diffsolve.bench.stats import better, mean_ci
 from diffsolve.bench.store import environment, write_json_atomic
 from diffsolve.bench.store import now as _now
 from diffsolve.bench.tasks import make_task
@@ -194,27 +202,44 @@ def run_cell(task, variant: Variant, nfe: int, samples: int, seed: int, out: Pat
 
 
 def run_model(model_name: str, nfes: list[int], out: Path, results: dict[str, Any],
-              path: Path, seed: int, fresh: bool, samples: int | None) -> None:
+              path: Path, seeds: list[int], fresh: bool, samples: int | None) -> None:
     cfg = dict(SETTINGS[model_name])
     if samples is not None:
         cfg["samples"] = samples
     n = cfg["samples"]
     task = make_task(model_name, n)
     setup = {"reference_nfe": cfg["reference_nfe"], "dtype": str(task.dtype), **task.setup}
-    results.setdefault("models", {})[model_name] = {
-        "primary_metric": task.primary, "metrics": list(task.metrics), "samples": n,
-        "settings": cfg, "setup": setup, "baseline_data": task.floor(seed)}
+    old_info = results.setdefault("models", {}).get(model_name, {})
+    info = {"primary_metric": task.primary, "metrics": list(task.metrics), "samples": n,
+            "settings": cfg, "setup": setup,
+            "baseline_data": {str(s): task.floor(s) for s in seeds},
+            "references": {k: v for k, v in old_info.get("references", {}).items()
+                           if int(k) in seeds}}
+    if "reference" in old_info:  # results written before the seed loop: seed 0's reference
+        info["references"].setdefault(str(old_info["reference"].get("seed", 0)),
+                                      old_info["reference"])
+    results["models"][model_name] = info
+    cells = results.setdefault("cells", {})
+    cache: dict[str, Any] = {}
+    for seed in seeds:
+        run_seed(task, model_name, nfes, out, results, path, seed, fresh, cfg, cells, cache)
+
+
+def run_seed(task, model_name: str, nfes: list[int], out: Path, results: dict[str, Any],
+             path: Path, seed: int, fresh: bool, cfg: dict[str, Any], cells: dict[str, Any],
+             cache: dict[str, Any]) -> None:
+    """Every variant x budget of one model for one evaluation seed (cached cells skipped)."""
+    n = cfg["samples"]
+    setup = results["models"][model_name]["setup"]
     ref_cache: dict[str, Any] = {}
 
     def reference():
         if "x" not in ref_cache:
             ref_cache["x"], info = ode_reference(task, n, seed, "karras", "cpu",
                                                  cfg["reference_nfe"], out)
-            results["models"][model_name]["reference"] = info
+            results["models"][model_name]["references"][str(seed)] = info
         return ref_cache["x"]
 
-    cells = results.setdefault("cells", {})
-    cache: dict[str, Any] = {}
     for nfe in nfes:
         for v in variants(model_name):
             key = f"{model_name}|{v.label}|nfe={nfe}|n={n}|seed={seed}"
@@ -230,7 +255,7 @@ def run_model(model_name: str, nfes: list[int], out: Path, results: dict[str, An
             cells[key] = cell
             write_json_atomic(path, results)
             m = cell.get("metrics", {})
-            print(f"{model_name:8s} {v.label:34s} {nfe:3d} NFE  {cell['status']:5s} "
+            print(f"{model_name:8s} {v.label:34s} {nfe:3d} NFE seed {seed} {cell['status']:5s} "
                   f"{task.primary}={m.get(task.primary, float('nan')):.4g} "
                   f"ode_err={m.get('ode_error', float('nan')):.4g} "
                   f"({time.perf_counter() - t0:.1f}s)", flush=True)
@@ -240,32 +265,74 @@ def run_model(model_name: str, nfes: list[int], out: Path, results: dict[str, An
 # report
 
 
-def table(results: dict[str, Any], model: str, metric: str, nfes: list[int]) -> list[list[Any]]:
+def seed_values(results: dict[str, Any], model: str, metric: str,
+                nfes: list[int]) -> dict[str, dict[int, dict[int, float | None]]]:
+    """{variant: {nfe: {seed: value}}} of one model's cells (None where a cell failed), over
+    the seeds this report covers (``results["seeds"]``)."""
     info = results["models"][model]
-    rows: dict[str, dict[int, float | None]] = {}
+    seeds = set(results.get("seeds", [0]))
+    rows: dict[str, dict[int, dict[int, float | None]]] = {}
     for c in results["cells"].values():
-        if c["model"] != model or c["samples"] != info["samples"] or c["nfe"] not in nfes:
+        if (c["model"] != model or c["samples"] != info["samples"] or c["nfe"] not in nfes
+                or c["seed"] not in seeds):
             continue
         val = c["metrics"].get(metric) if c.get("status") == "ok" else None
-        rows.setdefault(c["variant"], {})[c["nfe"]] = val
-    return [[label, *[rows[label].get(n) for n in nfes]] for label in rows]
+        rows.setdefault(c["variant"], {}).setdefault(c["nfe"], {})[c["seed"]] = val
+    return rows
+
+
+def table(results: dict[str, Any], model: str, metric: str,
+          nfes: list[int]) -> list[list[Any]]:
+    """Rows [variant, mean_ci at each budget] (None where no seed has a finite value)."""
+    rows = seed_values(results, model, metric, nfes)
+    return [[label, *[mean_ci(list(by_nfe.get(n, {}).values())) for n in nfes]]
+            for label, by_nfe in rows.items()]
+
+
+def paired_ratio(rows: dict[str, dict[int, dict[int, float | None]]], label: str,
+                 nfe: int) -> dict[str, Any] | None:
+    """Per-seed ratio of a variant to the baseline on the same noise, mean +- 95 % CI."""
+    mine, base = rows.get(label, {}).get(nfe, {}), rows.get(BASELINE, {}).get(nfe, {})
+    return mean_ci([mine[k] / base[k] for k in mine
+                    if mine[k] is not None and base.get(k)])
 
 
 def _geomean(row: list[Any]) -> tuple[bool, float]:
-    """Sort key: rows with every budget first, by the geometric mean over the budgets."""
-    vals = [v for v in row[1:] if isinstance(v, (int, float)) and v > 0]
+    """Sort key: rows with every budget first, by the geometric mean of the means."""
+    vals = [v["mean"] for v in row[1:] if v is not None and v["mean"] > 0]
     if not vals:
         return (True, 0.0)
     return (len(vals) < len(row) - 1, sum(math.log(v) for v in vals) / len(vals))
 
 
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+def _num(v: float) -> str:
+    return f"{v:.3g}" if math.isfinite(v) else "-"
+
+
+def _fmt(v: dict[str, Any] | None, base: dict[str, Any] | None = None) -> str:
+    """mean ± half-width; a trailing "✓" / "✗" where the interval separates from the
+    baseline's on the better / worse side."""
+    if v is None:
         return "-"
-    return f"{v:.4g}"
+    text = _num(v["mean"]) if v["n"] < 2 else f"{_num(v['mean'])} ± {_num(v['ci95'])}"
+    if base is not None and v is not base:
+        if better(v, base, lower_is_better=True):
+            text += " ✓"
+        elif better(base, v, lower_is_better=True):
+            text += " ✗"
+    return text
+
+
+def floors_by_seed(info: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The real-data floor per seed (files written before the seed loop hold seed 0's)."""
+    data = info.get("baseline_data", {})
+    if all(k.isdigit() for k in data):
+        return {int(k): v for k, v in data.items()}
+    return {0: data}
 
 
 def write_report(results: dict[str, Any], out: Path, nfes: list[int]) -> None:
+    seeds = results.get("seeds", [0])
     lines = ["# Fast samplers at 5 / 10 / 20 NFE", "",
              "Generated by `benchmarks/fast_samplers.py` (resumable; re-run to add solvers "
              "registered later). Rows: every registered ODE solver on the Karras grid "
@@ -276,48 +343,52 @@ def write_report(results: dict[str, Any], out: Path, nfes: list[int]) -> None:
              "Evaluation noise is disjoint from the calibration noise. NFE counts the "
              "sampling run only; the one-off calibration cost (EMS, grid search) is listed "
              "under each model.", "",
-             "**One evaluation seed** (seed 0; noise streams v"
-             f"{results.get('noise_stream_version', '?')}): this table has no error bars, so "
-             "read differences below the seed-to-seed spread as ties. The Karras-grid rows "
-             "on digits are repeated over 3 seeds with 95 % intervals in "
-             "`docs/bench/digits/` (the spread there: about ±1-3 feature FD at 10-20 NFE); "
-             "the searched / EMS rows are calibrated per model and were not repeated.", ""]
+             f"**{len(seeds)} evaluation seeds** ({', '.join(map(str, seeds))}; noise streams "
+             f"v{results.get('noise_stream_version', '?')}): each cell is mean ± the 95 % "
+             "Student-t half-width over the seeds (initial noise and metric draws seeded). "
+             "`✓` / `✗`: the interval separates from the baseline's on the better / worse "
+             "side (a win / loss); a cell without a mark is not told apart from the "
+             "baseline. Calibration (EMS, searched grids) is done once per model and shared "
+             "by the seeds, so the intervals are evaluation noise, not calibration noise. "
+             "The paired table divides each variant by the baseline on the same seed.", ""]
     for model, info in results.get("models", {}).items():
         primary = info["primary_metric"]
-        lines += [f"## {model} ({info['samples']} samples)", ""]
-        ref = info.get("reference", {})
-        if ref:
-            lines.append(f"ode_error reference: {ref.get('solver')} at {ref.get('nfe')} NFE "
-                         f"(its own RMS error estimate {ref.get('check_rms', float('nan')):.2g}).")
-        base_data = info.get("baseline_data", {}).get(primary)
-        if isinstance(base_data, (int, float)):
-            lines.append(f"{primary} of a second draw of real data: {base_data:.4g}.")
+        lines += [f"## {model} ({info['samples']} samples per seed)", ""]
+        refs = [r for k, r in info.get("references", {}).items() if int(k) in seeds]
+        if refs:
+            worst = max(r.get("check_rms", float("nan")) for r in refs)
+            lines.append(f"ode_error reference: {refs[0].get('solver')} at "
+                         f"{refs[0].get('nfe')} NFE from each seed's noise (its own RMS error "
+                         f"estimate ≤ {worst:.2g}).")
+        floor = mean_ci([d.get(primary) for k, d in floors_by_seed(info).items()
+                         if k in seeds and isinstance(d.get(primary), (int, float))])
+        if floor is not None:
+            lines.append(f"{primary} of a second draw of real data (the floor): "
+                         f"{_fmt(floor)}.")
         lines.append("")
         for metric in (primary, "ode_error"):
             rows = table(results, model, metric, nfes)
             rows.sort(key=_geomean)
+            base = next((r for r in rows if r[0] == BASELINE), None)
             head = "| variant | " + " | ".join(f"{n} NFE" for n in nfes) + " |"
             lines += [f"### {metric} (sorted by the geometric mean over the budgets)", "",
                       head, "|---|" + "---:|" * len(nfes)]
             for r in rows:
                 label = f"**{r[0]}**" if r[0] == BASELINE else r[0]
-                lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in r[1:]) + " |")
+                cells = [_fmt(v, None if base is None else base[i + 1])
+                         for i, v in enumerate(r[1:])]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
-        # comparison with the baseline
-        lines += ["### Against the baseline (ratio to dpmpp_3m on the Karras grid; < 1 wins)",
-                  "", "| variant | metric | " + " | ".join(f"{n} NFE" for n in nfes) + " |",
+        lines += ["### Against the baseline, paired (per-seed ratio to dpmpp_3m on the Karras "
+                  "grid; < 1 is better)", "",
+                  "| variant | metric | " + " | ".join(f"{n} NFE" for n in nfes) + " |",
                   "|---|---|" + "---:|" * len(nfes)]
         for metric in (primary, "ode_error"):
-            rows = {r[0]: r[1:] for r in table(results, model, metric, nfes)}
-            base = rows.get(BASELINE)
-            if base is None:
-                continue
-            for label, vals in rows.items():
+            rows_s = seed_values(results, model, metric, nfes)
+            for label in rows_s:
                 if "+ems" in label or "@searched" in label:
-                    ratios = [(v / b if v is not None and b else None)
-                              for v, b in zip(vals, base, strict=True)]
-                    lines.append(f"| {label} | {metric} | "
-                                 + " | ".join(_fmt(r) for r in ratios) + " |")
+                    lines.append(f"| {label} | {metric} | " + " | ".join(
+                        _fmt(paired_ratio(rows_s, label, n)) for n in nfes) + " |")
         lines.append("")
         lines += [*verdict(results, model, nfes), ""]
         costs = calibration_costs(results, model)
@@ -330,22 +401,23 @@ def write_report(results: dict[str, Any], out: Path, nfes: list[int]) -> None:
 
 
 def verdict(results: dict[str, Any], model: str, nfes: list[int]) -> list[str]:
-    """Plain-language comparison of the default v3+EMS and the searched 3M grid with 3M."""
+    """Which variants beat / lose to the baseline with separated intervals, per budget."""
     primary = results["models"][model]["primary_metric"]
-    out = ["Verdict (change relative to dpmpp_3m on the Karras grid; negative = better):", ""]
-    for label in ("dpm_solver_v3+ems", "dpmpp_3m@searched"):
-        parts = []
-        for metric in (primary, "ode_error"):
-            rows = {r[0]: r[1:] for r in table(results, model, metric, nfes)}
-            if label not in rows or BASELINE not in rows:
-                continue
-            vals = []
-            for n, v, b in zip(nfes, rows[label], rows[BASELINE], strict=True):
-                vals.append(f"{n} NFE {100 * (v / b - 1):+.0f}%" if v is not None and b
-                            else f"{n} NFE -")
-            parts.append(f"{metric}: " + ", ".join(vals))
-        if parts:
-            out.append(f"* `{label}`: " + "; ".join(parts))
+    out = ["Verdict (variants whose interval separates from dpmpp_3m's on the Karras grid):",
+           ""]
+    for metric in (primary, "ode_error"):
+        rows = table(results, model, metric, nfes)
+        base = next((r for r in rows if r[0] == BASELINE), None)
+        if base is None:
+            continue
+        for i, n in enumerate(nfes):
+            wins = sorted((r[1 + i]["mean"], r[0]) for r in rows
+                          if r[0] != BASELINE and better(r[1 + i], base[1 + i], True))
+            losses = sum(better(base[1 + i], r[1 + i], True) for r in rows)
+            ties = len(rows) - 1 - len(wins) - losses
+            named = ", ".join(f"`{label}`" for _, label in wins) or "none"
+            out.append(f"* {metric}, {n} NFE: better than the baseline: {named}; "
+                       f"{ties} not told apart; {losses} worse.")
     return out
 
 
@@ -380,9 +452,9 @@ def plot(results: dict[str, Any], out: Path, nfes: list[int]) -> None:
         for col, metric in enumerate((results["models"][model]["primary_metric"], "ode_error")):
             ax = axes[row][col]
             for r in table(results, model, metric, nfes):
-                xs = [n for n, v in zip(nfes, r[1:], strict=True) if v]
-                ys = [v for v in r[1:] if v]
-                if not xs:
+                pts = [(n, v) for n, v in zip(nfes, r[1:], strict=True)
+                       if v is not None and v["mean"] > 0]
+                if not pts:
                     continue
                 label = r[0]
                 if label == BASELINE:
@@ -393,15 +465,26 @@ def plot(results: dict[str, Any], out: Path, nfes: list[int]) -> None:
                     style = {"lw": 2, "zorder": 4}
                 else:
                     style = {"color": "0.7", "lw": 0.8}
-                ax.plot(xs, ys, marker="o", ms=3, label=label if style.get("lw", 1) > 1 else None,
-                        **style)
+                xs = [n for n, _ in pts]
+                ys = [v["mean"] for _, v in pts]
+                highlighted = style.get("lw", 1) > 1
+                # error bars (95 % CI, clipped at the axis floor) on the highlighted rows only
+                err = None
+                if highlighted:
+                    err = [[min(v["ci95"], 0.95 * v["mean"]) for _, v in pts],
+                           [v["ci95"] for _, v in pts]]
+                    err = [[e if math.isfinite(e) else 0.0 for e in side] for side in err]
+                ax.errorbar(xs, ys, yerr=err, marker="o", ms=3, capsize=2,
+                            label=label if highlighted else None, **style)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xticks(nfes)
             ax.set_xticklabels([str(n) for n in nfes])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("NFE")
-            ax.set_title(f"{model}: {metric} (grey: other registered ODE solvers)", fontsize=9)
+            ax.set_title(f"{model}: {metric}, mean ± 95 % CI over "
+                         f"{len(results.get('seeds', [0]))} seeds (grey: other ODE solvers)",
+                         fontsize=9)
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "fast_samplers.png", dpi=110)
@@ -413,7 +496,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/bench/fast_samplers")
     parser.add_argument("--models", default="gmm-err,digits")
     parser.add_argument("--nfe", default="5,10,20")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1,2",
+                        help="evaluation seeds (comma-separated); each cell runs once per seed")
     parser.add_argument("--digits-samples", type=int, default=None)
     parser.add_argument("--fresh", action="store_true", help="recompute every cell")
     parser.add_argument("--report-only", action="store_true")
@@ -426,11 +510,12 @@ def main() -> None:
     versions, hardware = environment()
     results.update({"format": FORMAT, "kind": "fast_samplers", "versions": versions,
                     "hardware": hardware, "baseline": BASELINE, "nfe": nfes,
-                    "noise_stream_version": NOISE_STREAM_VERSION, "updated_at": _now()})
+                    "noise_stream_version": NOISE_STREAM_VERSION, "updated_at": _now(),
+                    "seeds": [int(v) for v in args.seeds.split(",")]})
     if not args.report_only:
         for m in args.models.split(","):
             samples = args.digits_samples if m == "digits" else None
-            run_model(m, nfes, out, results, path, args.seed, args.fresh, samples)
+            run_model(m, nfes, out, results, path, results["seeds"], args.fresh, samples)
     write_json_atomic(path, results)
     write_report(results, out, nfes)
     plot(results, out, nfes)

@@ -33,6 +33,7 @@ import torch
 from diffsolve import initial_noise, solve
 from diffsolve.bench.metrics import batched_features, frechet_distance, sample_moments
 from diffsolve.bench.mlem_experiments import gaussian_exact_cost_accuracy, synthetic_cost_accuracy
+from diffsolve.bench.stats import mean_ci
 from diffsolve.drivers.mlem import Level, level_probabilities, mlem_solve
 from diffsolve.grids import make_grid
 from diffsolve.solvers import get_solver
@@ -77,8 +78,19 @@ def _interp_cost(costs: list[float], fds: list[float], fd: float) -> float | Non
     return None
 
 
+def _seed_key(name: str, seed: int) -> str:
+    return f"{name}@seed{seed}"
+
+
 def part_digits(res: dict[str, Any], path: Path, full: dict[str, Any], n: int,
-                em_steps: list[int], mlem_steps: list[int], top_evals: list[float]) -> None:
+                em_steps: list[int], mlem_steps: list[int], top_evals: list[float],
+                seeds: list[int]) -> None:
+    """Digits cells for every noise seed. Seed ``s`` draws the initial noise with seed ``s``,
+    the Brownian increments with ``1000 + s`` and ML-EM's Bernoulli level draws with
+    ``2000 + s``; cells are keyed ``<cell>@seed<s>``, and ``summary`` holds, per cell, the
+    FD / FLOPs / wall-clock as mean +- 95 % CI over the seeds and the speed-up over EM at
+    equal FD computed per seed against that seed's EM curve."""
+    from diffsolve.core.noise import NOISE_STREAM_VERSION
     from diffsolve.zoo.classifier import load_classifier
     from diffsolve.zoo.data import load_digits_split
     from diffsolve.zoo.hierarchy import load_hierarchy
@@ -94,7 +106,7 @@ def part_digits(res: dict[str, Any], path: Path, full: dict[str, Any], n: int,
     diff = json.loads(gpath.read_text())["diff_norms"] if gpath.exists() else None
     res.setdefault("n", n)
     res.setdefault("diff_norms", diff)
-    noise = initial_noise((n, 1, 8, 8), seed=0)
+    res["noise_stream_version"] = NOISE_STREAM_VERSION
     cells = res.setdefault("cells", {})
 
     def fd_of(x: torch.Tensor) -> float:
@@ -110,58 +122,96 @@ def part_digits(res: dict[str, Any], path: Path, full: dict[str, Any], n: int,
         full["digits"] = res
         _save(path, full)
 
-    for steps in em_steps:
-        def em(steps: int = steps) -> dict[str, Any]:
-            grid = make_grid("karras", steps, top.schedule)
-            x = grid_sigma0(grid, top) * noise
-            t0 = time.perf_counter()
-            r = solve(top, x, grid, "euler_maruyama", seed=1, progress=False)
-            wall = time.perf_counter() - t0
-            return {"method": "euler_maruyama", "steps": steps, "nfe": r.nfe,
-                    "flops_per_sample": r.nfe * levels[-1].cost, "wall_s": wall,
-                    "fd": fd_of(r.x)}
-        record(f"em_{steps}", em)
-        def seeds(nfe: int = steps) -> dict[str, Any]:
-            sv = get_solver("seeds_2")
-            grid = make_grid("karras", sv.steps_for_nfe(nfe), top.schedule)
-            x = grid_sigma0(grid, top) * noise
-            t0 = time.perf_counter()
-            r = solve(top, x, grid, sv, seed=1, progress=False)
-            wall = time.perf_counter() - t0
-            return {"method": "seeds_2", "nfe": r.nfe, "flops_per_sample": r.nfe * levels[-1].cost,
-                    "wall_s": wall, "fd": fd_of(r.x)}
-        record(f"seeds2_{steps}", seeds)
-    for m in top_evals:
-        for steps in mlem_steps:
-            def ml(steps: int = steps, m: float = m) -> dict[str, Any]:
+    def run_seed(seed: int) -> None:
+        noise = initial_noise((n, 1, 8, 8), seed=seed)
+        for steps in em_steps:
+            def em(steps: int = steps) -> dict[str, Any]:
                 grid = make_grid("karras", steps, top.schedule)
-                probs = level_probabilities([lv.cost for lv in levels], steps - 1, top_evals=m,
-                                            diff_norms=diff, gamma=None if diff else 3.0)
                 x = grid_sigma0(grid, top) * noise
-                r = mlem_solve(levels, x, grid, probs=probs, seed=1, draw_seed=2)
-                return {"method": "mlem", "steps": steps, "top_evals": m, "probs": list(probs),
-                        "evals_per_sample": [e / n for e in r.cost.evals],
-                        "flops_per_sample": r.cost.per_sample, "wall_s": r.cost.wall_s,
+                t0 = time.perf_counter()
+                r = solve(top, x, grid, "euler_maruyama", seed=1000 + seed, progress=False)
+                wall = time.perf_counter() - t0
+                return {"method": "euler_maruyama", "steps": steps, "nfe": r.nfe, "seed": seed,
+                        "flops_per_sample": r.nfe * levels[-1].cost, "wall_s": wall,
                         "fd": fd_of(r.x)}
-            record(f"mlem_m{m:g}_{steps}", ml)
-    # speedup at equal FD
-    em_pts = [c for c in cells.values() if c["method"] == "euler_maruyama"]
-    em_c = [c["flops_per_sample"] for c in em_pts]
-    em_w = [c["wall_s"] for c in em_pts]
-    em_f = [c["fd"] for c in em_pts]
-    sp = []
+            record(_seed_key(f"em_{steps}", seed), em)
+
+            def seeds2(nfe: int = steps) -> dict[str, Any]:
+                sv = get_solver("seeds_2")
+                grid = make_grid("karras", sv.steps_for_nfe(nfe), top.schedule)
+                x = grid_sigma0(grid, top) * noise
+                t0 = time.perf_counter()
+                r = solve(top, x, grid, sv, seed=1000 + seed, progress=False)
+                wall = time.perf_counter() - t0
+                return {"method": "seeds_2", "nfe": r.nfe, "seed": seed,
+                        "flops_per_sample": r.nfe * levels[-1].cost, "wall_s": wall,
+                        "fd": fd_of(r.x)}
+            record(_seed_key(f"seeds2_{steps}", seed), seeds2)
+        for m in top_evals:
+            for steps in mlem_steps:
+                def ml(steps: int = steps, m: float = m) -> dict[str, Any]:
+                    grid = make_grid("karras", steps, top.schedule)
+                    probs = level_probabilities([lv.cost for lv in levels], steps - 1,
+                                                top_evals=m, diff_norms=diff,
+                                                gamma=None if diff else 3.0)
+                    x = grid_sigma0(grid, top) * noise
+                    r = mlem_solve(levels, x, grid, probs=probs, seed=1000 + seed,
+                                   draw_seed=2000 + seed)
+                    return {"method": "mlem", "steps": steps, "top_evals": m, "seed": seed,
+                            "probs": list(probs),
+                            "evals_per_sample": [e / n for e in r.cost.evals],
+                            "flops_per_sample": r.cost.per_sample, "wall_s": r.cost.wall_s,
+                            "fd": fd_of(r.x)}
+                record(_seed_key(f"mlem_m{m:g}_{steps}", seed), ml)
+
+    for seed in seeds:
+        run_seed(seed)
+    res["speedups"] = digits_speedups(cells)
+    res["summary"] = digits_summary(cells, res["speedups"])
+    full["digits"] = res
+    _save(path, full)
+
+
+def digits_speedups(cells: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per seed: ML-EM's speed-up over EM at equal FD, the EM cost (FLOPs, wall-clock) at the
+    ML-EM cell's FD by log-log interpolation along the same seed's EM curve."""
+    out = []
     for key, c in cells.items():
         if c["method"] != "mlem":
             continue
-        need = _interp_cost(em_c, em_f, c["fd"])
-        need_w = _interp_cost(em_w, em_f, c["fd"])
-        sp.append({"cell": key, "fd": c["fd"], "mlem_flops": c["flops_per_sample"],
-                   "em_flops_same_fd": need,
-                   "speedup_flops": None if need is None else need / c["flops_per_sample"],
-                   "speedup_wall": None if need_w is None else need_w / c["wall_s"]})
-    res["speedups"] = sp
-    full["digits"] = res
-    _save(path, full)
+        em_pts = [e for e in cells.values()
+                  if e["method"] == "euler_maruyama" and e.get("seed") == c.get("seed")]
+        em_f = [e["fd"] for e in em_pts]
+        need = _interp_cost([e["flops_per_sample"] for e in em_pts], em_f, c["fd"])
+        need_w = _interp_cost([e["wall_s"] for e in em_pts], em_f, c["fd"])
+        out.append({"cell": key, "seed": c.get("seed"), "fd": c["fd"],
+                    "mlem_flops": c["flops_per_sample"], "em_flops_same_fd": need,
+                    "speedup_flops": None if need is None else need / c["flops_per_sample"],
+                    "speedup_wall": None if need_w is None else need_w / c["wall_s"]})
+    return out
+
+
+def digits_summary(cells: dict[str, Any], speedups: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per cell over seeds: FD, FLOPs and wall-clock as mean +- 95 % CI, and the per-seed
+    speed-ups over EM (``None`` where the ML-EM FD lies outside that seed's EM curve)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for key, c in cells.items():
+        groups.setdefault(key.split("@")[0], []).append(c)
+    sp: dict[str, list[dict[str, Any]]] = {}
+    for s in speedups:
+        sp.setdefault(s["cell"].split("@")[0], []).append(s)
+    out = {}
+    for name, cs in groups.items():
+        row = {k: cs[0].get(k) for k in ("method", "steps", "nfe", "top_evals")}
+        row.update({"fd": mean_ci([c["fd"] for c in cs]),
+                    "flops_per_sample": mean_ci([c["flops_per_sample"] for c in cs]),
+                    "wall_s": mean_ci([c["wall_s"] for c in cs]), "seeds": len(cs)})
+        if name in sp:
+            row["speedup_flops"] = mean_ci([s["speedup_flops"] for s in sp[name]])
+            row["speedup_wall"] = mean_ci([s["speedup_wall"] for s in sp[name]])
+            row["speedup_defined_seeds"] = sum(s["speedup_flops"] is not None for s in sp[name])
+        out[name] = row
+    return out
 
 
 def grid_sigma0(grid: Any, model: Any) -> float:
@@ -207,24 +257,32 @@ def plot(full: dict[str, Any], out: Path) -> None:
     ax.set_ylabel("cost per sample (declared units)")
     ax.set_title("2-D mixture, synthetic levels", fontsize=9)
     ax.legend(fontsize=7)
-    d = full.get("digits", {}).get("cells", {})
+    summary = full.get("digits", {}).get("summary", {})
+    n_seeds = max((r["seeds"] for r in summary.values()), default=0)
     mcol = {1.0: "#f4a582", 2.0: "tab:red", 8.0: "#b2182b", 32.0: "#67001f"}
     for ax, xkey, xlab in ((axes[2], "flops_per_sample", "FLOPs per sample"),
                            (axes[3], "wall_s", "wall-clock s (1000 samples, 1 thread)")):
         for meth, lab in (("euler_maruyama", "EM (w32)"), ("seeds_2", "SEEDS-2 (w32)"),
                           ("mlem", "ML-EM")):
             groups: dict[Any, list[dict[str, Any]]] = {}
-            for c in d.values():
-                if c["method"] == meth:
-                    groups.setdefault(c.get("top_evals"), []).append(c)
+            for r in summary.values():
+                if r["method"] == meth:
+                    groups.setdefault(r.get("top_evals"), []).append(r)
             for m, pts in sorted(groups.items(), key=lambda kv: kv[0] or 0):
-                pts = sorted(pts, key=lambda c: c["flops_per_sample"])
+                pts = sorted(pts, key=lambda r: r["flops_per_sample"]["mean"])
                 col = {"euler_maruyama": "tab:blue", "seeds_2": "tab:green"}.get(
                     meth, mcol.get(m, "tab:red"))
-                ax.loglog([c[xkey] for c in pts], [c["fd"] for c in pts], "o-", color=col,
-                          ms=3, label=lab + ("" if m is None else f" m={m:g}"))
+                ys = [r["fd"]["mean"] for r in pts]
+                # 95 % CI over seeds, clipped so the log axis keeps the lower bar
+                lo = [min(r["fd"]["ci95"], 0.9 * r["fd"]["mean"]) for r in pts]
+                hi = [r["fd"]["ci95"] for r in pts]
+                ax.errorbar([r[xkey]["mean"] for r in pts], ys, yerr=[lo, hi], fmt="o-",
+                            color=col, ms=3, capsize=2,
+                            label=lab + ("" if m is None else f" m={m:g}"))
+                ax.set_xscale("log")
+                ax.set_yscale("log")
         ax.set_xlabel(xlab)
-        ax.set_ylabel("classifier-feature FD (1000 samples)")
+        ax.set_ylabel(f"classifier-feature FD (1000 samples), mean ± 95 % CI, {n_seeds} seeds")
         ax.set_title("digits hierarchy w4/w8/w16/w32", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -241,6 +299,8 @@ def main() -> int:
     p.add_argument("--em-steps", default="11,21,41,81")
     p.add_argument("--mlem-steps", default="21,41,81,161")
     p.add_argument("--top-evals", default="1,2")
+    p.add_argument("--digits-seeds", default="0,1,2",
+                   help="noise seeds of the digits part (each cell is run once per seed)")
     a = p.parse_args()
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -262,7 +322,8 @@ def main() -> int:
         part_digits(full.get("digits", {}), path, full, a.digits_n,
                     [int(v) for v in a.em_steps.split(",") if v],
                     [int(v) for v in a.mlem_steps.split(",") if v],
-                    [float(v) for v in a.top_evals.split(",")])
+                    [float(v) for v in a.top_evals.split(",")],
+                    [int(v) for v in a.digits_seeds.split(",")])
     plot(full, out / "mlem.png")
     print(json.dumps({"out": str(path)}))
     return 0
