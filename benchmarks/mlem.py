@@ -104,10 +104,15 @@ def part_digits(res: dict[str, Any], path: Path, full: dict[str, Any], n: int,
     ref_mom = sample_moments(batched_features(ref_x, clf.features))
     gpath = path.parent / "gamma_digits" / "gamma.json"
     diff = json.loads(gpath.read_text())["diff_norms"] if gpath.exists() else None
-    res.setdefault("n", n)
-    res.setdefault("diff_norms", diff)
+    res["n"] = n
+    res["diff_norms"] = diff
     res["noise_stream_version"] = NOISE_STREAM_VERSION
-    cells = res.setdefault("cells", {})
+    setting = {"n": n, "diff_norms": diff, "noise_stream_version": NOISE_STREAM_VERSION}
+    # cells of other settings (another n, level errors or noise version, or the unseeded cells
+    # of files written before the seed loop) are dropped, never mixed in
+    cells = {k: c for k, c in res.get("cells", {}).items()
+             if "@seed" in k and all(c.get(f) == v for f, v in setting.items())}
+    res["cells"] = cells
 
     def fd_of(x: torch.Tensor) -> float:
         feat = batched_features(x.clamp(-1, 1), clf.features)
@@ -116,7 +121,7 @@ def part_digits(res: dict[str, Any], path: Path, full: dict[str, Any], n: int,
     def record(key: str, fn: Any) -> None:
         if key in cells:
             return
-        cells[key] = fn()
+        cells[key] = {**fn(), **setting}
         print(key, json.dumps({k: v for k, v in cells[key].items() if k != "probs"}),
               flush=True)
         full["digits"] = res
@@ -166,8 +171,11 @@ def part_digits(res: dict[str, Any], path: Path, full: dict[str, Any], n: int,
 
     for seed in seeds:
         run_seed(seed)
-    res["speedups"] = digits_speedups(cells)
-    res["summary"] = digits_summary(cells, res["speedups"])
+    wanted = {_seed_key(k.split("@")[0], s) for k in cells for s in seeds}
+    used = {k: c for k, c in cells.items() if k in wanted}
+    res["seeds"] = seeds
+    res["speedups"] = digits_speedups(used)
+    res["summary"] = digits_summary(used, res["speedups"])
     full["digits"] = res
     _save(path, full)
 
@@ -266,7 +274,7 @@ def plot(full: dict[str, Any], out: Path) -> None:
                           ("mlem", "ML-EM")):
             groups: dict[Any, list[dict[str, Any]]] = {}
             for r in summary.values():
-                if r["method"] == meth:
+                if r["method"] == meth and r["fd"] is not None and r[xkey] is not None:
                     groups.setdefault(r.get("top_evals"), []).append(r)
             for m, pts in sorted(groups.items(), key=lambda kv: kv[0] or 0):
                 pts = sorted(pts, key=lambda r: r["flops_per_sample"]["mean"])
@@ -274,8 +282,9 @@ def plot(full: dict[str, Any], out: Path) -> None:
                     meth, mcol.get(m, "tab:red"))
                 ys = [r["fd"]["mean"] for r in pts]
                 # 95 % CI over seeds, clipped so the log axis keeps the lower bar
-                lo = [min(r["fd"]["ci95"], 0.9 * r["fd"]["mean"]) for r in pts]
-                hi = [r["fd"]["ci95"] for r in pts]
+                hi = [r["fd"]["ci95"] if r["fd"]["n"] >= 2 and math.isfinite(r["fd"]["ci95"])
+                      else 0.0 for r in pts]
+                lo = [min(h, 0.9 * r["fd"]["mean"]) for h, r in zip(hi, pts, strict=True)]
                 ax.errorbar([r[xkey]["mean"] for r in pts], ys, yerr=[lo, hi], fmt="o-",
                             color=col, ms=3, capsize=2,
                             label=lab + ("" if m is None else f" m={m:g}"))

@@ -79,3 +79,31 @@ def test_mlem_speedup_uses_the_same_seeds_em_curve():
     assert summary["mlem_m2_81"]["speedup_flops"]["mean"] == pytest.approx(4.0)
     assert summary["mlem_m2_81"]["fd"]["n"] == 2
     assert summary["em_21"]["fd"]["mean"] == pytest.approx(6.0)
+
+
+def test_fast_samplers_failed_cells_and_single_seed_are_not_ties():
+    fs = _script("fast_samplers")
+    res = _fs_results({"dpmpp_3m": [1.0, 1.1, 0.9], "clear_win": [0.5, 0.52, 0.48],
+                       "broken": [1.0, 1.0, 1.0]})
+    for c in res["cells"].values():
+        if c["variant"] == "broken":
+            c["status"] = "error"
+    verdict = "\n".join(fs.verdict(res, "m", [5]))
+    assert "0 not told apart; 0 worse; 1 failed or missing." in verdict
+    one = _fs_results({"dpmpp_3m": [1.0], "clear_win": [0.5]})
+    rows = {r[0]: r[1] for r in fs.table(one, "m", "fd", [5])}
+    assert fs._fmt(rows["clear_win"], rows["dpmpp_3m"]) == "0.5"  # no mark from one seed
+    assert "no comparison" in "\n".join(fs.verdict(one, "m", [5]))
+
+
+def test_mlem_ignores_cells_of_other_settings(tmp_path):
+    """Cells written before the seed loop (no "@seed" key) or with another sample count are
+    dropped, so they can never be averaged with the current seeds."""
+    ml = _script("mlem")
+    setting = {"n": 4, "diff_norms": None, "noise_stream_version": 2}
+    res = {"cells": {"em_11": {"method": "euler_maruyama", "fd": 1.0},
+                     "em_11@seed0": {"method": "euler_maruyama", "fd": 2.0, **setting,
+                                     "n": 999}}}
+    full: dict = {}
+    ml.part_digits(res, tmp_path / "mlem.json", full, 4, [], [], [1.0], [0])
+    assert full["digits"]["cells"] == {}

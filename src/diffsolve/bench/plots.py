@@ -70,13 +70,13 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
 
     shown_in = {m: highlighted(cfg["solvers"], cells, m) for m in metrics}
     shown = [s for s in cfg["solvers"] if any(s in v for v in shown_in.values())]
+    grey_labelled: set[str] = set()  # panels whose "other solvers" legend entry exists
     for s in cfg["solvers"]:
         row = sorted((c for (sv, _), c in cells.items() if sv == s), key=lambda c: c["nfe"])
         stochastic = bool(row and row[0]["stochastic"])
         k = shown.index(s) if s in shown else 0
         color = cmap((2 * k) % 20 + (k // 10) % 2)  # one colour per solver in every panel
         for ax, m in zip(axes[0], metrics, strict=True):
-            others = [o for o in cfg["solvers"] if o not in shown_in[m]]
             pts = []
             for c in row:
                 v = value(c, m)
@@ -95,7 +95,8 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
             xs, ys, los, his = zip(*pts, strict=True)
             if s not in shown_in[m]:
                 ax.plot(xs, ys, "-" if stochastic else "--", color="0.75", lw=0.7, zorder=1,
-                        label="other solvers" if s == others[0] else None)
+                        label=None if m in grey_labelled else "other solvers")
+                grey_labelled.add(m)
                 continue
             ax.plot(xs, ys, "-" if stochastic else "--", color=color,
                     marker=markers[k % len(markers)], ms=4, lw=1.3, zorder=3,
@@ -122,7 +123,7 @@ def plot_metric_vs_nfe(path: Path, results: dict[str, Any],
                 ax.axhspan(max(f["lo"], 0.0) if m not in TARGET else 0.0, hi, color="grey",
                            alpha=0.2, label="floor (exact/real data, 95 % CI)")
     title = (f"{cfg['model']}: {cfg['samples']} samples x {len(cfg['seeds'])} seeds; "
-             "bands: 95 % CI")
+             "bands: 95 % CI (lower edge clipped at mean/10)")
     if len(shown_in[metrics[0]]) < len(cfg["solvers"]):
         title += (f"\ncolour: the {HIGHLIGHT_PER_BUDGET} best at each budget (per panel); "
                   "grey: the rest")
