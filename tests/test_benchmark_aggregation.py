@@ -107,3 +107,13 @@ def test_mlem_ignores_cells_of_other_settings(tmp_path):
     full: dict = {}
     ml.part_digits(res, tmp_path / "mlem.json", full, 4, [], [], [1.0], [0])
     assert full["digits"]["cells"] == {}
+
+
+def test_mlem_em_cost_is_the_first_crossing_of_a_non_monotone_curve():
+    ml = _script("mlem")
+    # EM FD 8 -> 2 -> 3 with cost 1 -> 2 -> 4 (seed noise near the floor): FD 2.5 is first
+    # reached between cost 1 and 2, not between the two points nearest in FD (2 and 3)
+    cost = ml._interp_cost([1.0, 2.0, 4.0], [8.0, 2.0, 3.0], 2.5)
+    assert 1.0 < cost < 2.0
+    assert ml._interp_cost([1.0, 2.0], [8.0, 2.0], 9.0) is None  # cheapest EM already better
+    assert ml._interp_cost([1.0, 2.0], [8.0, 2.0], 1.0) is None  # EM never gets there
