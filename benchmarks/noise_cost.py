@@ -1,11 +1,13 @@
 """Cost of diffsolve's noise sources per draw / per solver step, relative to ``torch.randn_like``.
 
-For each state shape (default 64x3x64x64 and 1x4x64x64, the shapes of issue 16) it times,
+For each state shape (default 64x3x64x64 and 1x4x64x64, the shapes of issue 16, and 4000x2
+and 4000x16, low-dimensional batches like the analytic benchmarks') it times,
 interleaved in one loop (randn, streams, randn, streams, ...) so that load spikes on a shared
 machine hit both alike:
 
 * ``torch.randn_like`` of the state (the baseline: one global-RNG draw, no per-sample keying);
 * :class:`PerSampleStreams` (one keyed draw per sample and (step, draw));
+* :class:`BatchStream` (``noise="batch"``: one keyed ``randn`` for the whole batch);
 * :class:`BrownianPath` over EDM's lambda range: one normalised increment per step of a
   20-step Karras grid (monotone queries, as a solver makes them), for a few tree depths;
 
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffsolve.noise import NOISE_STREAM_VERSION, BrownianPath, PerSampleStreams
+from diffsolve.noise import NOISE_STREAM_VERSION, BatchStream, BrownianPath, PerSampleStreams
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 
@@ -65,11 +67,13 @@ def bench(shape: tuple[int, ...], steps: int, depths: list[int | None], repeats:
     batch = shape[0]
     lams = karras_lams(steps)
     streams = PerSampleStreams.from_seed(0, batch)
+    whole = BatchStream(0)
     counter = iter(range(10**9))  # fresh seeds for the Brownian paths
     step = iter(range(10**9))  # consecutive steps, as a solver asks for them
     # streams against randn alone (a Brownian sweep in between would evict the caches)
     t = interleaved({"randn_like": lambda: torch.randn_like(like),
-                     "streams": lambda: streams.normal(like, step=next(step), draw=0)},
+                     "streams": lambda: streams.normal(like, step=next(step), draw=0),
+                     "batch": lambda: whole.normal(like, step=next(step), draw=0)},
                     repeats, device)
     fns = {"randn_like (Brownian rounds)": lambda: torch.randn_like(like)}
     for depth in depths:
@@ -85,9 +89,9 @@ def bench(shape: tuple[int, ...], steps: int, depths: list[int | None], repeats:
             v["median_s"] /= steps
             v["min_s"] /= steps
             v["per"] = "solver step"
-    t["streams"]["per"] = t["randn_like"]["per"] = "draw"
-    ratios = {"streams": {"median": t["streams"]["median_s"] / t["randn_like"]["median_s"],
-                          "min": t["streams"]["min_s"] / t["randn_like"]["min_s"]}}
+    t["streams"]["per"] = t["randn_like"]["per"] = t["batch"]["per"] = "draw"
+    ratios = {k: {"median": t[k]["median_s"] / t["randn_like"]["median_s"],
+                  "min": t[k]["min_s"] / t["randn_like"]["min_s"]} for k in ("streams", "batch")}
     base = tb.pop("randn_like (Brownian rounds)")
     for k, v in tb.items():
         ratios[k] = {"median": v["median_s"] / base["median_s"], "min": v["min_s"] / base["min_s"]}
@@ -105,7 +109,8 @@ def plot(results: list[dict], path: Path) -> None:
     for ax, res in zip(axes[0], results, strict=True):
         names = list(res["ratio_vs_randn_like"])
         vals = [res["ratio_vs_randn_like"][k]["median"] for k in names]
-        ax.barh(range(len(names)), vals, color=["C0" if k == "streams" else "C1" for k in names])
+        ax.barh(range(len(names)), vals,
+                color=[{"streams": "C0", "batch": "C2"}.get(k, "C1") for k in names])
         ax.set_yticks(range(len(names)), [k.replace("_", " ") for k in names], fontsize=7)
         ax.axvline(1.0, color="grey", ls=":", label="randn_like")
         ax.axvline(1.5, color="r", ls="--", lw=0.8, label="1.5x target (streams)")
@@ -120,7 +125,8 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--shapes", nargs="+", default=["64x3x64x64", "1x4x64x64"])
+    p.add_argument("--shapes", nargs="+",
+                   default=["64x3x64x64", "1x4x64x64", "4000x2", "4000x16"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--depths", type=str, default="default,6",
                    help="comma-separated tree depths; 'default' = the library default")

@@ -4,6 +4,7 @@ need ComfyUI itself, are recognised by their `import comfy` and skipped)."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,11 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 def _blocks(page: str) -> list[str]:
     text = (DOCS / page).read_text()
-    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", text, flags=re.S)
             if "import comfy" not in b]
 
 
-@pytest.mark.parametrize("page", ["diffusers.md", "kdiffusion.md"])
+@pytest.mark.parametrize("page", ["diffusers.md", "kdiffusion.md", "sde_solvers.md"])
 def test_doc_snippets_run(page, capsys):
     if page == "diffusers.md":
         pytest.importorskip("diffusers")

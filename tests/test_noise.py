@@ -463,3 +463,47 @@ def test_make_noise_resolution() -> None:
         make_noise(True, like)
     with pytest.raises(TypeError):
         make_noise(1.5, like)  # type: ignore[arg-type]
+
+
+# --- BatchStream (noise="batch") ---------------------------------------------------------------
+
+
+def test_batch_stream_is_keyed_by_step_and_draw_not_by_call_order():
+    from diffsolve.noise import BatchStream
+
+    like = torch.empty(6, 3)
+    a, b = BatchStream(7), BatchStream(7)
+    first = [a.normal(like, step=s, draw=d) for s, d in ((0, 0), (1, 0), (0, 1))]
+    second = [b.normal(like, step=s, draw=d) for s, d in ((0, 1), (1, 0), (0, 0))][::-1]
+    for x, y in zip(first, second, strict=True):
+        assert torch.equal(x, y)
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
+    assert not torch.equal(first[0], BatchStream(8).normal(like, step=0, draw=0))
+    assert not torch.equal(first[0], BatchStream(7, offset=6).normal(like, step=0, draw=0))
+
+
+def test_batch_stream_same_numbers_in_every_dtype_and_standard_normal():
+    from diffsolve.noise import BatchStream
+
+    z32 = BatchStream(3).normal(torch.empty(200, 500), step=2, draw=0)
+    z64 = BatchStream(3).normal(torch.empty(200, 500, dtype=torch.float64), step=2, draw=0)
+    assert z64.dtype == torch.float64 and torch.equal(z64.float(), z32)
+    assert abs(float(z32.mean())) < 0.01 and abs(float(z32.std()) - 1.0) < 0.01
+
+
+def test_make_noise_batch_and_a_sampler_run_with_it():
+    from diffsolve import sample
+    from diffsolve.bench.models import gmm_model
+    from diffsolve.noise import BatchStream, make_noise
+
+    src = make_noise("batch", torch.empty(4, 2), seed=5, offset=8)
+    assert isinstance(src, BatchStream) and (src.seed, src.offset) == (5, 8)
+    _, model = gmm_model(0.0)
+    run = [sample(model, (64, 2), solver="euler_ancestral", nfe=8, seed=1, noise="batch",
+                  progress=False).x for _ in range(2)]
+    assert torch.equal(run[0], run[1])
+    streams = sample(model, (64, 2), solver="euler_ancestral", nfe=8, seed=1,
+                     progress=False).x
+    assert not torch.equal(run[0], streams)
+    with pytest.raises(ValueError, match="offset must be >= 0"):
+        BatchStream(0, offset=-1)

@@ -2,6 +2,8 @@ r"""Noise for stochastic samplers: the :class:`NoiseSource` interface and its im
 
 * :class:`PerSampleStreams` — keyed per-sample Gaussian streams keyed by
   (seed, step, draw, element): batch-, order- and device-independent (the default).
+* :class:`BatchStream` — keyed by (seed, offset, step, draw) but one ``randn`` for the whole
+  batch: randn speed for low-dimensional samples, not batch-split invariant.
 * :class:`BrownianPath` — a virtual Brownian tree in lambda keyed by (seed, lambda): the same
   path at every step count.
 * :class:`ZeroNoise`, :class:`GivenNoise`, :class:`RecordingNoise` — for tests and inversion.
@@ -27,12 +29,14 @@ from .base import (
     as_kdiffusion_sampler,
     lam_of_sigma,
 )
+from .batch import BatchStream
 from .brownian import DEFAULT_LEAF_WIDTH, BrownianPath
 from .streams import NOISE_STREAM_VERSION, PerSampleStreams, derive_seed
 
 __all__ = [
     "DEFAULT_LEAF_WIDTH",
     "NOISE_STREAM_VERSION",
+    "BatchStream",
     "BrownianPath",
     "GivenNoise",
     "KDiffusionNoiseSampler",
@@ -65,6 +69,8 @@ def make_noise(
     * an ``int`` n (not bool): ``PerSampleStreams.from_seed(n, B, offset)``; passing ``seed``
       as well is an error (two seeds).
     * ``"streams"``: as ``None``. ``"zero"``: :class:`ZeroNoise`.
+    * ``"batch"``: ``BatchStream(seed or 0, offset)``: one keyed ``randn`` per draw for the
+      whole batch (fast for low-dimensional samples; not batch-split invariant).
     * ``"brownian"``: ``BrownianPath.from_seed(seed or 0, B, *lam_range, offset=offset)``;
       ``lam_range`` = (lam_min, lam_max) must be given (the finite lambda range of the grid).
     * an object with a callable ``normal`` method (a NoiseSource): returned unchanged.
@@ -91,6 +97,8 @@ def make_noise(
             return PerSampleStreams.from_seed(0 if seed is None else seed, batch, offset)
         if name == "zero":
             return ZeroNoise()
+        if name == "batch":
+            return BatchStream(0 if seed is None else seed, offset)
         if name == "brownian":
             if lam_range is None:
                 raise ValueError(
@@ -100,8 +108,8 @@ def make_noise(
             lo, hi = lam_range
             return BrownianPath.from_seed(0 if seed is None else seed, batch, lo, hi, offset=offset)
         raise ValueError(
-            f"unknown noise name {noise!r}; use 'streams', 'brownian' or 'zero', an int seed, "
-            "a NoiseSource or a k-diffusion noise_sampler"
+            f"unknown noise name {noise!r}; use 'streams', 'batch', 'brownian' or 'zero', an int "
+            "seed, a NoiseSource or a k-diffusion noise_sampler"
         )
     if callable(getattr(noise, "normal", None)):
         return noise  # type: ignore[return-value]
@@ -109,5 +117,5 @@ def make_noise(
         return KDiffusionNoiseSampler(noise)
     raise TypeError(
         f"cannot make a noise source from {type(noise).__name__}; use None, an int seed, "
-        "'streams', 'brownian', 'zero', a NoiseSource or a k-diffusion noise_sampler"
+        "'streams', 'batch', 'brownian', 'zero', a NoiseSource or a k-diffusion noise_sampler"
     )
