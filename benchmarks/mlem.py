@@ -284,6 +284,7 @@ def plot(full: dict[str, Any], out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.6), dpi=100)
     ax = axes[0]
@@ -344,7 +345,8 @@ def plot(full: dict[str, Any], out: Path) -> None:
                 ax.set_xscale("log")
                 ax.set_yscale("log")
         ax.set_xlabel(xlab)
-        ax.set_ylabel(f"classifier-feature FD (1000 samples), mean ± 95 % CI, {n_seeds} seeds")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_ylabel(f"feature FD, mean ± 95 % CI ({n_seeds} seeds)")
         ax.set_title("digits hierarchy w4/w8/w16/w32", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
