@@ -239,3 +239,17 @@ def test_every_bench_model_builds_and_scores(name: str) -> None:
     x = torch.randn(16, *task.shape, generator=torch.Generator().manual_seed(0))
     vals = task.evaluate(x.to(task.dtype), 0)
     assert task.primary in vals and isinstance(task.setup, dict)
+
+
+def test_plot_highlights_the_best_two_per_budget_only_for_large_tables():
+    from diffsolve.bench.plots import HIGHLIGHT_MAX, highlighted
+
+    names = [f"s{k}" for k in range(HIGHLIGHT_MAX + 2)]
+    # s_k has FD k + 1 at 5 NFE (best: s0, s1) and |k - 5.4| + 1 at 50 NFE (best: s5, s6)
+    cells = {}
+    for k, name in enumerate(names):
+        cells[(name, 5)] = _cell(name, 5, False, [k + 1.0] * 3)
+        cells[(name, 50)] = _cell(name, 50, False, [abs(k - 5.4) + 1.0] * 3)
+    assert highlighted(names, cells, "fd") == ["s0", "s1", "s5", "s6"]
+    few = names[:HIGHLIGHT_MAX]
+    assert highlighted(few, cells, "fd") == few

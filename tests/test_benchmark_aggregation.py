@@ -101,7 +101,7 @@ def test_mlem_ignores_cells_of_other_settings(tmp_path):
     dropped, so they can never be averaged with the current seeds."""
     ml = _script("mlem")
     setting = {"n": 4, "diff_norms": None, "noise_stream_version": 2}
-    res = {"cells": {"em_11": {"method": "euler_maruyama", "fd": 1.0},
+    res = {"cells": {"em_11": {"method": "euler_maruyama", "fd": 1.0, **setting},
                      "em_11@seed0": {"method": "euler_maruyama", "fd": 2.0, **setting,
                                      "n": 999}}}
     full: dict = {}
